@@ -1,0 +1,36 @@
+"""The one place for helpers that paper over framework internals (no private imports elsewhere)."""
+
+from __future__ import annotations
+
+from tfq_ext._keras import keras, tf
+
+__all__ = ["smart_cond", "resolve_training", "skips_first_node"]
+
+
+def smart_cond(pred, true_fn, false_fn):
+    """``true_fn()`` or ``false_fn()`` for a Python or constant predicate, else a ``tf.cond``."""
+    if isinstance(pred, bool):
+        return true_fn() if pred else false_fn()
+    static = tf.get_static_value(pred)
+    if static is not None:
+        return true_fn() if bool(static) else false_fn()
+    return tf.cond(tf.cast(pred, tf.bool), true_fn, false_fn)
+
+
+def resolve_training(training):
+    """Keras' convention: ``training=None`` means the global learning phase."""
+    return keras.backend.learning_phase() if training is None else training
+
+
+def skips_first_node(model) -> bool:
+    """Whether tf_keras' functional config numbers a nested model's calls from 1 instead of 0.
+
+    A model built from ``Input`` layers owns an inbound node of its own (index 0) that the enclosing model's
+    config does not list; this mirrors tf_keras' own rule (``functional._should_skip_first_node``).
+    """
+    if not isinstance(model, keras.Model) or not getattr(model, "_is_graph_network", False):
+        return False
+    tracked = getattr(model, "_self_tracked_trackables", None)
+    if tracked:
+        return isinstance(tracked[0], keras.layers.InputLayer)
+    return True

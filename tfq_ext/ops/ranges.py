@@ -1,0 +1,42 @@
+"""Range tracking for activations: batch min/max, exponential moving averages and percentiles.
+
+Math only (functions on tensors and variables); the Keras objects that own the variables live in
+``tfq_ext.quantizers``.
+
+References: Jacob et al. 2018, arXiv 1712.05877 (EMA of batch min/max); Tailor et al. 2021, arXiv 2008.05000
+(percentile ranges).
+"""
+
+from __future__ import annotations
+
+from tfq_ext._keras import tf
+
+__all__ = ["batch_min_max", "ema_assign", "percentile_min_max"]
+
+
+def batch_min_max(x: tf.Tensor):
+    """(min, max) of a batch, widened to contain 0 so the zero point stays an exact integer code."""
+    return tf.minimum(tf.reduce_min(x), 0.0), tf.maximum(tf.reduce_max(x), 0.0)
+
+
+def ema_assign(variable: tf.Variable, value: tf.Tensor, decay: float, initialized: tf.Tensor) -> tf.Tensor:
+    """EMA update ``v <- decay * v + (1 - decay) * value``; the first update takes ``value`` itself.
+
+    Starting from the first batch instead of an arbitrary prior (tfmot starts at [-6, 6]) means a decay of
+    0.999 does not need thousands of steps to forget the prior.
+    """
+    value = tf.cast(value, variable.dtype)
+    new = tf.where(initialized, decay * variable + (1.0 - decay) * value, value)
+    return variable.assign(new)
+
+
+def percentile_min_max(x: tf.Tensor, percentile: float):
+    """(low, high) percentiles of ``x`` (e.g. 0.1 -> 0.1th and 99.9th), computed with a sort; 0 included."""
+    if not 0.0 <= percentile < 50.0:
+        raise ValueError(f"`percentile` must be in [0, 50). Received: percentile={percentile}")
+    flat = tf.sort(tf.reshape(x, [-1]))
+    n = tf.shape(flat)[0]
+    last = tf.cast(n - 1, tf.float32)
+    lo_idx = tf.cast(tf.round(last * percentile / 100.0), tf.int32)
+    hi_idx = tf.cast(tf.round(last * (1.0 - percentile / 100.0)), tf.int32)
+    return tf.minimum(flat[lo_idx], 0.0), tf.maximum(flat[hi_idx], 0.0)

@@ -1,0 +1,284 @@
+"""``quantize_model``: integer-only quantization-aware training for a tf_keras model (Jacob et al.).
+
+The model's graph is flattened (nested models inlined), rewritten to match TFLite's integer kernels (BN folded
+into the preceding kernel layer, ReLU fused, SeparableConv2D split), and rebuilt with tfmot's
+``QuantizeWrapperV2`` around every layer that TFLite quantizes, configured by this package's QuantizeConfigs.
+
+References: Jacob et al. 2018, arXiv 1712.05877.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import tensorflow_model_optimization as tfmot
+
+from tfq_ext._keras import ensure_tf_keras_model, keras, tf
+from tfq_ext.qat.configs import (KERNEL_LAYOUTS, OUTPUT_LAYERS, PASSTHROUGH_LAYERS, KernelQuantizeConfig,
+                                 NoOpQuantizeConfig, OutputQuantizeConfig)
+from tfq_ext.qat.folding import FoldedBatchNorm
+from tfq_ext.qat.graph import Graph, Node, flatten_model, iter_refs, map_refs
+from tfq_ext.qat.layers import QuantizeInput
+from tfq_ext.qat.rewrite import (bn_arrays, fold_batch_norms, fuse_relu, relu_kind, split_activation,
+                                 split_separable)
+from tfq_ext.quantizers import ActivationQuantizer, FixedRangeQuantizer, WeightQuantizer
+
+__all__ = ["quantize_model", "UnsupportedLayerError", "SUPPORTED_LAYERS"]
+
+QuantizeWrapperV2 = tfmot.quantization.keras.QuantizeWrapperV2
+_QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
+
+SUPPORTED_LAYERS = sorted(set(KERNEL_LAYOUTS) | OUTPUT_LAYERS | PASSTHROUGH_LAYERS | {"SeparableConv2D"})
+# Activations with an int8 TFLite kernel; sigmoid/softmax/tanh need the fixed output ranges TFLite uses.
+_ACTIVATIONS = {"linear", "relu", "relu6", "sigmoid", "tanh", "softmax"}
+_FIXED_RANGES = {"sigmoid": (0.0, 1.0), "softmax": (0.0, 1.0), "tanh": (-1.0, 1.0)}
+# Layers whose output TFLite can leave unquantized when a ReLU follows (the ReLU fuses into them).
+_RELU_FUSING = {"Add"}
+
+keras.utils.get_custom_objects().update({
+    "QuantizeWrapperV2": QuantizeWrapperV2,
+    "QuantizeWrapper": tfmot.quantization.keras.QuantizeWrapper,
+})
+
+
+class UnsupportedLayerError(ValueError):
+    """A layer that ``quantize_model`` cannot quantize on its own; the message says how to annotate it."""
+
+
+def quantize_model(model, *, per_channel: bool = True, weight_bits: int = 8, activation_bits: int = 8,
+                   fold_batch_norm: bool = True, freeze_bn_delay: Optional[int] = None, quant_delay: int = 0,
+                   ema_decay: float = 0.99, quantize_configs: Optional[Dict[str, _QuantizeConfig]] = None
+                   ) -> keras.Model:
+    """Returns a QAT copy of ``model`` whose fake quantization matches TFLite's integer-only inference.
+
+    The user's model is not modified; weights are copied. Train the result with ``fit`` and export it with
+    ``tflite_export.convert``.
+
+    Args:
+        model: a built tf_keras Sequential or functional model (nested models are supported; a Keras 3
+            Sequential model of built-in layers is converted).
+        per_channel: per-output-channel weight scales for Conv/DepthwiseConv (TFLite's default scheme);
+            False gives per-tensor scales everywhere (for accelerators that need it). Dense and
+            Conv2DTranspose kernels are always per tensor: TFLite's converter rejects per-channel fake
+            quantization of their (transposed) weights.
+        weight_bits, activation_bits: bits of weights and activations (8 for TFLite int8).
+        fold_batch_norm: fold BatchNormalization into the preceding kernel layer (Jacob et al.); False keeps BN
+            as its own (quantized) layer.
+        freeze_bn_delay: training steps after which folded BNs switch to moving statistics (None: never).
+        quant_delay: training steps before activations are quantized (ranges are tracked meanwhile).
+        ema_decay: decay of the activation range moving averages.
+        quantize_configs: ``{layer name or class name: tfmot QuantizeConfig}`` for layers this function does not
+            know (layers annotated with ``tfmot.quantization.keras.quantize_annotate_layer`` work too).
+
+    Returns:
+        A new, uncompiled ``keras.Model``.
+
+    Raises:
+        UnsupportedLayerError: for layers without a known quantization, listing each with its class and the
+            ways to annotate it.
+    """
+    model = ensure_tf_keras_model(model, "model")
+    _check_options(weight_bits, activation_bits, quantize_configs, freeze_bn_delay)
+    quantize_configs = dict(quantize_configs or {})
+
+    def act_quantizer():
+        return ActivationQuantizer(activation_bits, ema_decay=ema_decay, quant_delay=quant_delay)
+
+    def weight_quantizer(class_name: str) -> WeightQuantizer:
+        _, axis, depthwise = KERNEL_LAYOUTS[class_name]
+        channel_ok = class_name not in ("Dense", "Conv2DTranspose")
+        return WeightQuantizer(weight_bits, per_channel=per_channel and channel_ok, axis=axis, depthwise=depthwise)
+
+    graph = flatten_model(model)
+    _apply_annotations(graph, quantize_configs)
+    _check_supported(graph)
+    split_separable(graph)
+    split_activation(graph)
+    if fold_batch_norm:
+        fold_batch_norms(graph, lambda c: keras.utils.serialize_keras_object(weight_quantizer(c)), freeze_bn_delay)
+    fuse_relu(graph)
+
+    layers: Dict[str, keras.layers.Layer] = {}
+    for node in graph.nodes.values():
+        if node.class_name == "InputLayer":
+            continue
+        layers[node.name] = _make_layer(node, graph, act_quantizer, weight_quantizer, activation_bits)
+    qat_model = _rebuild(graph, layers, activation_bits, act_quantizer)
+    for node in graph.nodes.values():
+        if node.name in layers:
+            _load_weights(node, layers[node.name])
+    return qat_model
+
+
+def _check_options(weight_bits, activation_bits, quantize_configs, freeze_bn_delay):
+    for name, value in (("weight_bits", weight_bits), ("activation_bits", activation_bits)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 16:
+            raise ValueError(f"`{name}` must be an int in [2, 16]. Received: {name}={value!r}")
+    if quantize_configs is not None and not isinstance(quantize_configs, dict):
+        raise TypeError(f"`quantize_configs` must be a dict {{layer or class name: QuantizeConfig}}. "
+                        f"Received: quantize_configs={quantize_configs!r}")
+    for key, config in (quantize_configs or {}).items():
+        if not isinstance(config, _QuantizeConfig):
+            raise TypeError(f"`quantize_configs[{key!r}]` must be a tfmot QuantizeConfig. Received: {config!r}")
+    if freeze_bn_delay is not None and (not isinstance(freeze_bn_delay, int) or freeze_bn_delay < 0):
+        raise ValueError(f"`freeze_bn_delay` must be None or an int >= 0. Received: freeze_bn_delay={freeze_bn_delay!r}")
+
+
+def _apply_annotations(graph: Graph, quantize_configs) -> None:
+    """Unwraps tfmot ``QuantizeAnnotate`` layers and attaches user QuantizeConfigs to their nodes."""
+    for node in graph.nodes.values():
+        if node.class_name == "QuantizeAnnotate":
+            wrapper = node.source
+            inner = wrapper.layer
+            node.class_name = type(inner).__name__
+            node.config = dict(inner.get_config(), name=node.name)
+            node.source = inner
+            node.extra["custom_class"] = type(inner)
+            if wrapper.quantize_config is not None:
+                node.extra["quantize_config"] = wrapper.quantize_config
+        for key in (node.name, node.source.name if node.source is not None else None, node.class_name):
+            if key in quantize_configs:
+                node.extra["quantize_config"] = quantize_configs[key]
+                break
+
+
+def _check_supported(graph: Graph) -> None:
+    problems = []
+    for node in graph.nodes.values():
+        if node.class_name == "InputLayer" or "quantize_config" in node.extra:
+            continue
+        if node.class_name not in SUPPORTED_LAYERS:
+            problems.append(f"  - layer '{node.name}' (class {node.class_name}): no known integer quantization")
+            continue
+        for key in ("activation",):
+            act = node.config.get(key)
+            if act is not None and (not isinstance(act, str) or act not in _ACTIVATIONS):
+                problems.append(f"  - layer '{node.name}' (class {node.class_name}): activation {act!r} has no "
+                                f"int8 TFLite kernel (supported: {sorted(_ACTIVATIONS)})")
+    if problems:
+        raise UnsupportedLayerError(
+            "quantize_model cannot quantize these layers:\n" + "\n".join(problems) + "\n"
+            "Annotate each with a tfmot QuantizeConfig, either with "
+            "`tfmot.quantization.keras.quantize_annotate_layer(layer, quantize_config=MyConfig())` when building "
+            "the model, or with `quantize_model(model, quantize_configs={'layer_name': MyConfig()})`. "
+            f"Supported layer classes: {', '.join(SUPPORTED_LAYERS)}.")
+
+
+def _deserialize_layer(node: Node) -> keras.layers.Layer:
+    custom = node.extra.get("custom_class")
+    if custom is not None:
+        return custom.from_config(node.config)
+    if node.class_name == "FoldedBatchNorm":
+        return FoldedBatchNorm.from_config(dict(node.config, name=f"quant_{node.name}",
+                                                output_quantizer=node.extra["output_quantizer"]))
+    return keras.layers.deserialize({"class_name": node.class_name, "config": node.config})
+
+
+def _make_layer(node: Node, graph: Graph, act_quantizer, weight_quantizer, activation_bits) -> keras.layers.Layer:
+    if node.class_name == "FoldedBatchNorm":
+        node.extra["output_quantizer"] = act_quantizer()
+    layer = _deserialize_layer(node)
+    user_config = node.extra.get("quantize_config")
+    if user_config is not None:
+        return QuantizeWrapperV2(layer, user_config, name=f"quant_{node.name}")
+    if node.class_name == "FoldedBatchNorm":
+        return layer  # quantizes its folded kernel and its output itself
+    if node.class_name in KERNEL_LAYOUTS:
+        attr = KERNEL_LAYOUTS[node.class_name][0]
+        return QuantizeWrapperV2(layer, KernelQuantizeConfig(attr, weight_quantizer(node.class_name),
+                                                             act_quantizer()), name=f"quant_{node.name}")
+    if node.class_name in OUTPUT_LAYERS:
+        activation = node.config.get("activation") if node.class_name == "Activation" else None
+        if node.class_name == "Softmax":
+            activation = "softmax"
+        if activation in _FIXED_RANGES:
+            low, high = _FIXED_RANGES[activation]
+            config = OutputQuantizeConfig(FixedRangeQuantizer(low, high, activation_bits))
+        elif node.class_name in _RELU_FUSING and _feeds_only_relu(graph, node.name):
+            config = NoOpQuantizeConfig()
+        else:
+            config = OutputQuantizeConfig(act_quantizer())
+        return QuantizeWrapperV2(layer, config, name=f"quant_{node.name}")
+    return layer  # passthrough: TFLite keeps the input's scale
+
+
+def _feeds_only_relu(graph: Graph, name: str) -> bool:
+    if graph.is_output(name) or len(graph.nodes[name].calls) != 1:
+        return False
+    consumers = [graph.nodes[c] for c in graph.consumers(name)]
+    return len(consumers) == 1 and relu_kind(consumers[0]) is not None
+
+
+def _rebuild(graph: Graph, layers: Dict[str, keras.layers.Layer], activation_bits, act_quantizer) -> keras.Model:
+    outputs_by_call: Dict[tuple, object] = {}
+    inputs: Dict[str, object] = {}
+    for node in graph.nodes.values():
+        if node.class_name != "InputLayer":
+            continue
+        cfg = node.config
+        shape = cfg.get("batch_input_shape") or cfg.get("batch_shape")
+        tensor = keras.Input(batch_shape=tuple(shape), dtype=cfg.get("dtype", "float32"), name=node.name,
+                             sparse=cfg.get("sparse", False), ragged=cfg.get("ragged", False))
+        inputs[node.name] = tensor
+        quantized = tensor
+        if tensor.dtype.is_floating:
+            quantized = QuantizeInput(act_quantizer(), name=f"quantize_{node.name}")(tensor)
+        outputs_by_call[(node.name, 0)] = quantized
+
+    def tensor_of(ref):
+        out = outputs_by_call[(ref[0], ref[1])]
+        return tf.nest.flatten(out)[ref[2]]
+
+    for node in graph.nodes.values():
+        if node.class_name == "InputLayer":
+            continue
+        layer = layers[node.name]
+        for index, call in enumerate(node.calls):
+            refs = iter_refs(call)
+            kwargs = dict(refs[-1][3]) if refs and len(refs[-1]) > 3 and refs[-1][3] else {}
+            args = map_refs(call, tensor_of)
+            if isinstance(args, list) and len(args) == 1:
+                args = args[0]
+            outputs_by_call[(node.name, index)] = layer(args, **kwargs)
+    outputs = [tensor_of(ref) for ref in graph.outputs]
+    ordered_inputs = [inputs[ref[0]] for ref in graph.inputs]
+    return keras.Model(ordered_inputs if len(ordered_inputs) > 1 else ordered_inputs[0],
+                       outputs if len(outputs) > 1 else outputs[0])
+
+
+def _short_name(variable) -> str:
+    return variable.name.split("/")[-1].split(":")[0]
+
+
+def named_weights(layer: keras.layers.Layer) -> Dict[str, object]:
+    """``{short variable name: value}`` of a layer (``kernel``, ``bias``, ``gamma``, ...)."""
+    return {_short_name(v): v.numpy() for v in layer.weights}
+
+
+def _load_weights(node: Node, layer: keras.layers.Layer) -> None:
+    """Copies the original values into the new (possibly wrapped) layer, matching variables by short name."""
+    if node.class_name == "FoldedBatchNorm":
+        target = layer.layer if isinstance(layer, QuantizeWrapperV2) else layer
+        kernel_weights = node.extra["kernel_weights"]
+        if kernel_weights is not None:
+            target.kernel.assign(kernel_weights[0])
+            if target.conv_bias is not None:
+                target.conv_bias.assign(kernel_weights[1])
+        if node.extra["bn_weights"] is not None:
+            scale, center = node.extra["bn_flags"]
+            values = bn_arrays(node.extra["bn_weights"], scale, center, int(target.gamma.shape[0]))
+            for variable, value in zip((target.gamma, target.beta, target.moving_mean, target.moving_variance),
+                                       values):
+                variable.assign(value)
+        return
+    values = node.extra.get("weights")
+    if values is None:
+        values = named_weights(node.source) if node.source is not None else {}
+    remaining = dict(values)
+    for variable in layer.weights:
+        key = _short_name(variable)
+        if key in remaining:
+            variable.assign(remaining.pop(key))
+    if remaining:
+        raise RuntimeError(f"internal error: weights {sorted(remaining)} of layer '{node.name}' were not copied "
+                           f"into its quantized version")
