@@ -124,7 +124,7 @@ def _model_config(model: keras.Model) -> dict:
 def flatten_model(model: keras.Model) -> Graph:
     """Flat graph of ``model`` with every nested Sequential/functional model inlined."""
     nodes: Dict[str, Node] = {}
-    inputs, outputs = _inline(model, nodes, prefix="", outer_calls=None)
+    inputs, outputs = _inline(model, nodes, owners={}, prefix="", outer_inputs=None)
     return Graph(nodes=nodes, inputs=inputs, outputs=outputs)
 
 
@@ -137,58 +137,79 @@ def _unique(name: str, nodes: Dict[str, Node], prefix: str) -> str:
     return candidate
 
 
-def _inline(model: keras.Model, nodes: Dict[str, Node], prefix: str, outer_calls: Optional[List[list]]):
-    """Adds ``model``'s layers to ``nodes``.
+class _Pending(Exception):
+    """A ref whose producing call has not been placed yet (a shared layer called later in the graph)."""
 
-    For a nested model, ``outer_calls`` holds, per call of the nested model, the refs of its inputs in the
-    outer graph; the nested model's layers then get one call per (outer call, inner call) pair. Returns the
-    refs of the model's inputs and, per outer call, of its outputs (as a list of lists for nested models).
+
+def _inline(model: keras.Model, nodes: Dict[str, Node], owners: Dict[int, str], prefix: str,
+            outer_inputs: Optional[List[list]]):
+    """Adds one invocation of ``model`` to ``nodes``; returns (input refs, output refs) in the flat graph.
+
+    ``outer_inputs`` holds, for a nested model, the flat-graph refs of the tensors it is called on. A layer
+    object met again (a nested model called several times) gets one more call on its existing node, so
+    weights stay shared. Calls whose inputs are not placed yet are retried, as tf_keras' own loader does.
     """
     config = _model_config(model)
-    n_outer = 1 if outer_calls is None else len(outer_calls)
-    rename: Dict[str, str] = {}
-    n_calls: Dict[str, int] = {}
     input_names = [ref[0] for ref in config["input_layers"]]
-    nested_outputs: Dict[str, List[List[list]]] = {}  # nested model name -> per call -> output refs
-    offsets: Dict[str, int] = {}
+    placed: Dict[tuple, tuple] = {}        # (name, call index in refs) -> (flat node name, flat call index)
+    nested: Dict[tuple, List[list]] = {}   # (nested model name, call index in refs) -> its output refs
 
-    def resolve(ref, outer_index):
+    def resolve(ref):
         name, call, tensor = ref[0], ref[1], ref[2]
         kwargs = ref[3] if len(ref) > 3 else {}
-        if name in nested_outputs:
-            flat_call = outer_index * n_calls[name] + call - offsets[name]
-            return list(nested_outputs[name][flat_call][tensor]) + [kwargs]
-        if outer_calls is not None and name in input_names:
-            # An input of the nested model: the outer tensor passed in this call.
-            outer_ref = outer_calls[outer_index][input_names.index(name)]
-            return list(outer_ref[:3]) + [kwargs]
-        return [rename[name], outer_index * n_calls[name] + call, tensor, kwargs]
+        if (name, call) in nested:
+            return list(nested[(name, call)][tensor][:3]) + [kwargs]
+        if outer_inputs is not None and name in input_names:
+            return list(outer_inputs[input_names.index(name)][:3]) + [kwargs]
+        if (name, call) not in placed:
+            raise _Pending(name)
+        flat_name, flat_call = placed[(name, call)]
+        return [flat_name, flat_call, tensor, kwargs]
 
+    work = []
     for layer_config in config["layers"]:
         name = layer_config.get("name", layer_config["config"]["name"])
         class_name = layer_config["class_name"]
+        layer = None if class_name == "InputLayer" else model.get_layer(name)
         inbound = layer_config.get("inbound_nodes", [])
-        layer = model.get_layer(name)
-        if class_name in _MODEL_CLASSES or isinstance(layer, keras.Model):
-            calls = [[resolve(ref, outer_index)[:3] for ref in iter_refs(call)]
-                     for outer_index in range(n_outer) for call in inbound]
-            n_calls[name] = len(inbound)
-            offsets[name] = 1 if skips_first_node(layer) else 0
-            _, nested_outputs[name] = _inline(layer, nodes, prefix=f"{name}_", outer_calls=calls)
+        if class_name == "InputLayer":
+            if outer_inputs is None:
+                flat = _unique(name, nodes, prefix)
+                nodes[flat] = Node(flat, class_name, layer_config["config"], [], source=None)
+                nodes[flat].config["name"] = flat
+                placed[(name, 0)] = (flat, 0)
             continue
-        if outer_calls is not None and class_name == "InputLayer":
-            continue  # the nested model's inputs are the outer tensors
-        new_name = _unique(name, nodes, prefix)
-        rename[name] = new_name
-        n_calls[name] = len(inbound) if inbound else 1
-        node_config = layer_config["config"]
-        node_config["name"] = new_name
-        calls = [map_refs(call, lambda ref, o=outer_index: resolve(ref, o))
-                 for outer_index in range(n_outer) for call in inbound]
-        nodes[new_name] = Node(new_name, class_name, node_config, calls, source=layer)
+        offset = 1 if skips_first_node(layer) else 0
+        work.extend((layer_config, layer, k, call, offset) for k, call in enumerate(inbound))
 
-    input_refs = [[rename.get(r[0], r[0]), r[1], r[2]] for r in config["input_layers"]]
-    per_call_outputs = []
-    for outer_index in range(n_outer):
-        per_call_outputs.append([resolve(ref, outer_index)[:3] for ref in config["output_layers"]])
-    return input_refs, (per_call_outputs if outer_calls is not None else per_call_outputs[0])
+    while work:
+        remaining = []
+        for item in work:
+            layer_config, layer, k, call, offset = item
+            name, class_name = layer.name, layer_config["class_name"]
+            try:
+                if class_name in _MODEL_CLASSES or isinstance(layer, keras.Model):
+                    refs = [resolve(ref)[:3] for ref in iter_refs(call)]
+                    _, nested[(name, k + offset)] = _inline(layer, nodes, owners, f"{name}_", refs)
+                    continue
+                mapped = map_refs(call, resolve)
+            except _Pending:
+                remaining.append(item)
+                continue
+            flat = owners.get(id(layer))
+            if flat is None:
+                flat = _unique(name, nodes, prefix)
+                owners[id(layer)] = flat
+                node_config = layer_config["config"]
+                node_config["name"] = flat
+                nodes[flat] = Node(flat, class_name, node_config, [], source=layer)
+            placed[(name, k)] = (flat, len(nodes[flat].calls))
+            nodes[flat].calls.append(mapped)
+        if len(remaining) == len(work):
+            raise ValueError(f"the graph of model {model.name!r} could not be resolved: layers "
+                             f"{sorted({item[1].name for item in remaining})} wait for inputs that never come")
+        work = remaining
+
+    outputs = [resolve(ref)[:3] for ref in config["output_layers"]]
+    inputs = [resolve(ref)[:3] for ref in config["input_layers"]] if outer_inputs is None else outer_inputs
+    return inputs, outputs

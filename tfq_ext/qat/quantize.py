@@ -19,8 +19,8 @@ from tfq_ext.qat.configs import (KERNEL_LAYOUTS, OUTPUT_LAYERS, PASSTHROUGH_LAYE
 from tfq_ext.qat.folding import FoldedBatchNorm
 from tfq_ext.qat.graph import Graph, Node, flatten_model, iter_refs, map_refs
 from tfq_ext.qat.layers import QuantizeInput
-from tfq_ext.qat.rewrite import (bn_arrays, fold_batch_norms, fuse_relu, relu_kind, split_activation,
-                                 split_separable)
+from tfq_ext.qat.rewrite import (bn_arrays, fold_batch_norms, fuse_relu, relu_kind, per_channel_ops_as_depthwise,
+                                 split_activation, split_separable)
 from tfq_ext.quantizers import ActivationQuantizer, FixedRangeQuantizer, WeightQuantizer
 
 __all__ = ["quantize_model", "UnsupportedLayerError", "SUPPORTED_LAYERS"]
@@ -32,6 +32,9 @@ SUPPORTED_LAYERS = sorted(set(KERNEL_LAYOUTS) | OUTPUT_LAYERS | PASSTHROUGH_LAYE
 # Activations with an int8 TFLite kernel; sigmoid/softmax/tanh need the fixed output ranges TFLite uses.
 _ACTIVATIONS = {"linear", "relu", "relu6", "sigmoid", "tanh", "softmax"}
 _FIXED_RANGES = {"sigmoid": (0.0, 1.0), "softmax": (0.0, 1.0), "tanh": (-1.0, 1.0)}
+# The converter rejects per-channel fake quantization where it reshapes or transposes the kernel into TFLite's
+# layout ("op has mismatched quantized axes", measured with TF 2.21): these kernels are quantized per tensor.
+_PER_TENSOR_ONLY = frozenset({"Dense", "Conv1D", "Conv2DTranspose"})
 # Layers whose output TFLite can leave unquantized when a ReLU follows (the ReLU fuses into them).
 _RELU_FUSING = {"Add"}
 
@@ -58,9 +61,9 @@ def quantize_model(model, *, per_channel: bool = True, weight_bits: int = 8, act
         model: a built tf_keras Sequential or functional model (nested models are supported; a Keras 3
             Sequential model of built-in layers is converted).
         per_channel: per-output-channel weight scales for Conv/DepthwiseConv (TFLite's default scheme);
-            False gives per-tensor scales everywhere (for accelerators that need it). Dense and
-            Conv2DTranspose kernels are always per tensor: TFLite's converter rejects per-channel fake
-            quantization of their (transposed) weights.
+            False gives per-tensor scales everywhere (for accelerators that need it). Dense,
+            Conv1D and Conv2DTranspose kernels are always per tensor: TFLite's converter rejects per-channel
+            fake quantization of their reshaped or transposed weights.
         weight_bits, activation_bits: bits of weights and activations (8 for TFLite int8).
         fold_batch_norm: fold BatchNormalization into the preceding kernel layer (Jacob et al.); False keeps BN
             as its own (quantized) layer.
@@ -86,7 +89,7 @@ def quantize_model(model, *, per_channel: bool = True, weight_bits: int = 8, act
 
     def weight_quantizer(class_name: str) -> WeightQuantizer:
         _, axis, depthwise = KERNEL_LAYOUTS[class_name]
-        channel_ok = class_name not in ("Dense", "Conv2DTranspose")
+        channel_ok = class_name not in _PER_TENSOR_ONLY
         return WeightQuantizer(weight_bits, per_channel=per_channel and channel_ok, axis=axis, depthwise=depthwise)
 
     graph = flatten_model(model)
@@ -96,6 +99,7 @@ def quantize_model(model, *, per_channel: bool = True, weight_bits: int = 8, act
     split_activation(graph)
     if fold_batch_norm:
         fold_batch_norms(graph, lambda c: keras.utils.serialize_keras_object(weight_quantizer(c)), freeze_bn_delay)
+    per_channel_ops_as_depthwise(graph)  # after folding: only BNs with nothing to fold into are left
     fuse_relu(graph)
 
     layers: Dict[str, keras.layers.Layer] = {}
@@ -178,6 +182,8 @@ def _make_layer(node: Node, graph: Graph, act_quantizer, weight_quantizer, activ
     if node.class_name == "FoldedBatchNorm":
         node.extra["output_quantizer"] = act_quantizer()
     layer = _deserialize_layer(node)
+    if node.extra.get("non_trainable"):
+        layer.trainable = False
     user_config = node.extra.get("quantize_config")
     if user_config is not None:
         return QuantizeWrapperV2(layer, user_config, name=f"quant_{node.name}")
@@ -229,17 +235,23 @@ def _rebuild(graph: Graph, layers: Dict[str, keras.layers.Layer], activation_bit
         out = outputs_by_call[(ref[0], ref[1])]
         return tf.nest.flatten(out)[ref[2]]
 
-    for node in graph.nodes.values():
-        if node.class_name == "InputLayer":
-            continue
-        layer = layers[node.name]
-        for index, call in enumerate(node.calls):
+    work = [(node, index, call) for node in graph.nodes.values() if node.class_name != "InputLayer"
+            for index, call in enumerate(node.calls)]
+    while work:
+        remaining = []
+        for node, index, call in work:
             refs = iter_refs(call)
+            if any((ref[0], ref[1]) not in outputs_by_call for ref in refs):
+                remaining.append((node, index, call))  # a shared layer whose later call needs later layers
+                continue
             kwargs = dict(refs[-1][3]) if refs and len(refs[-1]) > 3 and refs[-1][3] else {}
             args = map_refs(call, tensor_of)
             if isinstance(args, list) and len(args) == 1:
                 args = args[0]
-            outputs_by_call[(node.name, index)] = layer(args, **kwargs)
+            outputs_by_call[(node.name, index)] = layers[node.name](args, **kwargs)
+        if len(remaining) == len(work):
+            raise RuntimeError("internal error: the rewritten graph has a cycle or a dangling reference")
+        work = remaining
     outputs = [tensor_of(ref) for ref in graph.outputs]
     ordered_inputs = [inputs[ref[0]] for ref in graph.inputs]
     return keras.Model(ordered_inputs if len(ordered_inputs) > 1 else ordered_inputs[0],
