@@ -172,6 +172,9 @@ def _deserialize_layer(node: Node) -> keras.layers.Layer:
     custom = node.extra.get("custom_class")
     if custom is not None:
         return custom.from_config(node.config)
+    if node.source is not None and type(node.source).__name__ == node.class_name:
+        # The layer's own class: works for custom layers that Keras' registry does not know.
+        return type(node.source).from_config(node.config)
     if node.class_name == "FoldedBatchNorm":
         return FoldedBatchNorm.from_config(dict(node.config, name=f"quant_{node.name}",
                                                 output_quantizer=node.extra["output_quantizer"]))
