@@ -1,7 +1,7 @@
 """Running exported flatbuffers: interpreters, XNNPACK delegation report, batched inference, latency.
 
 All interpreters come from ai_edge_litert (the maintained TFLite runtime), except those that need custom
-kernels built against TensorFlow (see ``_compat.py``).
+kernels built against TensorFlow (see ``tfq_ext/_compat.py``).
 
 Measured facts this module relies on (ai_edge_litert 2.3.0):
 
@@ -65,12 +65,12 @@ def make_interpreter(model_content: bytes, num_threads: int = 1, use_xnnpack: bo
     num_threads = _check_int(num_threads, "num_threads", 1)
     if custom_op_registerers:
         from tfq_ext._keras import tf
-        from tflite_export._compat import tf_interpreter_with_custom_ops
+        from tfq_ext._compat import tf_interpreter_with_custom_ops
 
         # TensorFlow's interpreter compares against its own enum, not ai_edge_litert's
         resolver = tf.lite.experimental.OpResolverType
         with warnings.catch_warnings():
-            # Its deprecation notice points to ai_edge_litert, which cannot host these kernels (see _compat).
+            # Its deprecation notice points to ai_edge_litert, which cannot host these kernels (see tfq_ext/_compat.py).
             warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated")
             interpreter = tf_interpreter_with_custom_ops()(
                 model_content=content, num_threads=num_threads,

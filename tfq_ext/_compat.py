@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tfq_ext._keras import keras, tf
 
-__all__ = ["smart_cond", "resolve_training", "skips_first_node"]
+__all__ = ["smart_cond", "resolve_training", "skips_first_node", "tf_interpreter_with_custom_ops"]
 
 
 def smart_cond(pred, true_fn, false_fn):
@@ -34,3 +34,15 @@ def skips_first_node(model) -> bool:
     if tracked:
         return isinstance(tracked[0], keras.layers.InputLayer)
     return True
+
+
+def tf_interpreter_with_custom_ops() -> type:
+    """TensorFlow's ``InterpreterWithCustomOps`` class, which TensorFlow exports under no public name.
+
+    Custom TFLite kernels built against ``libtensorflow_cc.so.2`` register on TensorFlow's own
+    ``tflite::MutableOpResolver``; ai_edge_litert ships a class of the same name whose resolver lives in a
+    different shared library, so a kernel linked against TensorFlow cannot register there.
+    """
+    from tensorflow.lite.python.interpreter import InterpreterWithCustomOps
+
+    return InterpreterWithCustomOps
