@@ -7,6 +7,7 @@ that tensorflow-model-optimization and tensorflow-gnn require.
 from tfq_ext._keras import keras  # noqa: F401  (chooses tf_keras first)
 from tfq_ext import ops, quantizers  # noqa: E402
 from tfq_ext.qat import quantize_model  # noqa: E402
+from tfq_ext.size import model_size, size_summary  # noqa: E402
 
-__all__ = ["ops", "quantizers", "quantize_model"]
+__all__ = ["model_size", "ops", "quantizers", "quantize_model", "size_summary"]
 __version__ = "0.1.0"
