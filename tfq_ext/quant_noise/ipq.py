@@ -158,7 +158,7 @@ def quantize_pq(model: keras.Model, x=None, y=None, *, n_centroids: int = 256,
     eligible = [layer.name for layer in model.layers if _kind(layer) is not None and layer.name not in exclude]
     if not eligible:
         raise ValueError("`model` has no Dense, Conv2D (groups=1, channels_last) or Embedding layer to quantize. "
-                         f"Received: model with layers {[type(l).__name__ for l in model.layers]}")
+                         f"Received: model with layers {[type(layer).__name__ for layer in model.layers]}")
     if stages is None:
         stages = [[name] for name in eligible]
     unknown = sorted({name for stage in stages for name in stage} - set(eligible))
@@ -195,7 +195,7 @@ def quantize_pq(model: keras.Model, x=None, y=None, *, n_centroids: int = 256,
             return _pq_layer(layer, kind, block, k, int8_codebook)
 
         current = _rebuild(current, replace)
-        for name, (kind, block, k, result, bias) in codebooks.items():
+        for name, (_, _, _, result, bias) in codebooks.items():
             layer = current.get_layer(name)
             layer.set_codebook(result.centroids, result.assignments)
             if bias is not None:
