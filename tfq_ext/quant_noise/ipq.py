@@ -78,7 +78,8 @@ def add_quant_noise(model: keras.Model, noise_rate: float = 0.1, noise: str = "p
         model: a built tf_keras model (Sequential or functional; nested models are copied as they are).
         noise_rate: probability that a block is noised in a training step (the paper uses 0.05-0.2).
         noise: "proxy", "scalar" or "pq" (see ``tfq_ext.quant_noise.layers``).
-        block_sizes: {"dense": 8, "conv": 4, "embedding": 4} by default; k x k convs use one kernel per block.
+        block_sizes: block length per kind ({"dense": 8, "conv": 4, "embedding": 4} by default) or per layer name
+            (names take precedence); k x k convs use one kernel per block.
         exclude: names of layers to leave as they are.
     """
     model = ensure_tf_keras_model(model, "model")
@@ -91,7 +92,7 @@ def add_quant_noise(model: keras.Model, noise_rate: float = 0.1, noise: str = "p
         if kind is None or layer.name in exclude or type(layer).__name__.startswith("QuantNoise"):
             return None
         shape = tuple(int(s) for s in _kernel(layer).shape)
-        block = _fit_block_size(kind, shape, sizes[kind], layer.name)
+        block = _fit_block_size(kind, shape, sizes.get(layer.name, sizes[kind]), layer.name)
         new = classes[kind].from_config({**layer.get_config(), "noise_rate": noise_rate, "noise": noise,
                                          "block_size": block, **noise_kwargs})
         kernels[layer.name] = layer.get_weights()
@@ -142,8 +143,9 @@ def quantize_pq(model: keras.Model, x=None, y=None, *, n_centroids: int = 256,
         model: a trained tf_keras model (plain or Quant-Noise layers); it is not modified.
         x, y: fine-tuning data (arrays or a dataset in ``x``); None skips fine-tuning.
         n_centroids: K per layer before clamping (the reference's 256 gives 8-bit indices).
-        block_sizes: block length per kind (default {"dense": 8, "conv": 4, "embedding": 4}; k x k convs use
-            one kernel of k*k weights per block).
+        block_sizes: block length per kind (default {"dense": 8, "conv": 4, "embedding": 4}) or per layer name
+            (names take precedence; the reference uses 4 for attention projections); k x k convs use one kernel
+            of k*k weights per block.
         stages: lists of layer names quantized together; default: one stage per layer, in model order.
         finetune_epochs: epochs of fine-tuning after each stage (fractions use that share of one epoch).
         optimizer, loss, metrics: for fine-tuning (default Adam(1e-3) and the model's own compiled loss).
@@ -177,7 +179,7 @@ def quantize_pq(model: keras.Model, x=None, y=None, *, n_centroids: int = 256,
             layer = current.get_layer(name)
             kind = _kind(layer)
             shape = tuple(int(s) for s in _kernel(layer).shape)
-            block = _fit_block_size(kind, shape, sizes[kind], name)
+            block = _fit_block_size(kind, shape, sizes.get(name, sizes[kind]), name)
             n = num_blocks(kind, shape, block)
             k = clamp_k(n_centroids, n)
             if k < n_centroids:
