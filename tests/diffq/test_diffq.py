@@ -1,0 +1,334 @@
+"""DiffQ: noise scale, gradients, bits range, true quantization, size accounting, packing, training, save/load."""
+
+import inspect
+
+import numpy as np
+import pytest
+
+from tfq_ext._keras import keras, tf
+from tfq_ext import diffq
+from tfq_ext.diffq import (DiffQLogger, DiffQOptimizer, DiffQWrapper, PackedModel, UniformQuantWrapper,
+                           apply_diffq, apply_uniform)
+from tfq_ext.diffq.export import pack_varwidth, unpack_varwidth
+from tfq_ext.ops import diffq as ops
+
+L = keras.layers
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _cnn():
+    return keras.Sequential([keras.Input((8, 8, 1)), L.Conv2D(8, 3, activation="relu", name="conv"),
+                             L.Flatten(), L.Dense(32, activation="relu", name="fc"), L.Dense(10, name="out")])
+
+
+def _diffq_cnn(**kw):
+    return apply_diffq(_cnn(), **{"min_size": 0, "group_size": 8, **kw})
+
+
+# --- ops ------------------------------------------------------------------------------------------------------
+
+def test_bits_from_logits_inverts_init_and_stays_in_range():
+    for bits in (2.5, 8.0, 14.0):
+        logit = ops.logit_for_bits(bits, 2, 15)
+        assert float(ops.bits_from_logits(tf.constant([logit]), 2, 15)[0]) == pytest.approx(bits, abs=1e-5)
+    extreme = ops.bits_from_logits(tf.constant([-1e4, -3.0, 0.0, 3.0, 1e4]), 2, 15).numpy()
+    assert extreme.min() >= 2 and extreme.max() <= 15 and extreme[0] == 2 and extreme[-1] == 15
+
+
+@pytest.mark.parametrize("noise,std", [("gaussian", 0.5), ("uniform", 1 / np.sqrt(12))], ids=["gaussian", "uniform"])
+def test_noise_scale_matches_delta(noise, std):
+    # Range [-1, 2] -> Delta = 3 / (2^b - 1): 1.0 at 2 bits, 3/63 at 6 bits.
+    w = tf.constant(np.concatenate([[-1.0, 2.0], np.linspace(-0.9, 1.9, 64 * 1024 - 2)]).astype("float32"))
+    bits = tf.constant([2.0, 6.0] * 512)  # groups of 64 alternate between 2 and 6 bits
+    np.testing.assert_allclose(ops.quant_step(-1.0, 2.0, tf.constant([2.0, 6.0])).numpy(), [1.0, 3 / 63], rtol=1e-6)
+    scaled = ((ops.pseudo_quant_noise(w, bits, 64, noise) - w).numpy().reshape(-1, 64)
+              / ops.quant_step(-1.0, 2.0, bits).numpy()[:, None])
+    for rows in (scaled[0::2], scaled[1::2]):  # same normalized noise at both widths
+        assert np.std(rows) == pytest.approx(std, rel=0.03)
+        assert abs(np.mean(rows)) < 0.02
+    if noise == "uniform":
+        assert np.abs(scaled).max() <= 0.5 + 1e-4
+
+
+def test_true_quantization_golden():
+    # Range [0, 1]; group 0 at 1 bit (Delta 1), group 1 at 2 bits (Delta 1/3); bits 1.4 and 2.3 round to 1, 2.
+    w = tf.constant([[0.0, 0.3], [0.4, 1.0]])
+    codes, w_min, w_max, bits = ops.quantize(w, tf.constant([1.4, 2.3]), 2)
+    np.testing.assert_array_equal(codes.numpy(), [[0, 0], [1, 3]])
+    np.testing.assert_array_equal(bits.numpy(), [1, 2])
+    np.testing.assert_allclose(ops.dequantize(codes, w_min, w_max, bits, (2, 2)).numpy(), [[0, 0], [1 / 3, 1]],
+                               atol=1e-7)
+    # A constant tensor has range 0: everything quantizes to the constant.
+    np.testing.assert_array_equal(ops.quantize_dequantize(tf.fill((4,), 0.25), tf.constant([3.0, 3.0]), 2), [0.25] * 4)
+
+
+def test_size_golden_and_bits_field():
+    bits = np.array([2, 2, 5, 3])  # spread 3 -> 2-bit field
+    assert ops.bits_field_width(bits) == 2 and ops.bits_field_width([4, 4]) == 0
+    assert ops.bits_field_width([1, 15]) == 4
+    # codes 8 * 12 bits = 12 bytes; field 4 x 2 bits = 1 byte; range 8; header 1.
+    assert ops.packed_tensor_bytes(bits, 8) == 12 + 1 + 8 + 1
+    assert float(ops.size_bits(tf.constant(bits, tf.float32), 8)) == 8 * 12 + 4 * 2 + 72
+
+
+def test_varwidth_packing_round_trip():
+    rng = np.random.default_rng(0)
+    widths = rng.integers(0, 16, 1000)
+    values = rng.integers(0, 2 ** 15, 1000) % (2 ** widths)
+    data = pack_varwidth(values, widths)
+    assert len(data) == (widths.sum() + 7) // 8
+    np.testing.assert_array_equal(unpack_varwidth(data, widths), values)
+
+
+# --- layer behaviour ------------------------------------------------------------------------------------------
+
+def test_gradients_reach_weights_and_bits(digits):
+    model = _diffq_cnn(penalty=0.0)
+    x, y = digits.x_train[:64], digits.y_train[:64]
+    with tf.GradientTape() as tape:
+        loss = LOSS(y, model(x, training=True))
+    grads = tape.gradient(loss, model.trainable_weights)
+    for variable, grad in zip(model.trainable_weights, grads):
+        assert grad is not None and float(tf.reduce_max(tf.abs(grad))) > 0, variable.name
+    # The penalty's own gradient per logit: penalty * group_size / (8 * 2^20) * db/dlogit.
+    diffq.set_penalty(model, 1000.0)
+    wrapper = model.get_layer("fc")
+    logits = wrapper._logits["kernel"]
+    with tf.GradientTape() as tape:
+        size_loss = tf.add_n(wrapper.losses)
+    t = tf.sigmoid(logits)
+    expected = 1000.0 * 8 / (8 * 2 ** 20) * 13 * t * (1 - t)
+    np.testing.assert_allclose(tape.gradient(size_loss, logits).numpy(), expected.numpy(), rtol=1e-5)
+
+
+def test_eval_is_deterministic_on_the_grid_and_training_is_noisy(digits):
+    model = _diffq_cnn()
+    wrapper = model.get_layer("fc")
+    # Mixed widths: alternate groups at 3 and 6 bits.
+    wrapper._logits["kernel"].assign(np.tile([ops.logit_for_bits(3, 2, 15), ops.logit_for_bits(6, 2, 15)],
+                                             wrapper._logits["kernel"].shape[0] // 2))
+    x = digits.x_test[:32]
+    np.testing.assert_array_equal(model(x, training=False).numpy(), model(x, training=False).numpy())
+    assert not np.allclose(model(x, training=True).numpy(), model(x, training=True).numpy())
+    kernel = wrapper.layer.kernel.numpy()
+    quantized = wrapper.quantized_weights()["kernel"].numpy().reshape(-1, 8)
+    delta = (kernel.max() - kernel.min()) / (2.0 ** np.tile([3, 6], quantized.shape[0] // 2) - 1)
+    steps = (quantized - kernel.min()) / delta[:, None]
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)  # on the grid, in units of Delta
+    assert steps.min() > -1e-3 and np.all(np.round(steps) <= (2.0 ** np.tile([3, 6], len(steps) // 2) - 1)[:, None])
+    assert np.abs(quantized - kernel.reshape(-1, 8)).max() <= delta.max() / 2 * (1 + 1e-4)
+    np.testing.assert_array_equal(diffq.to_dense_model(model)(x).numpy(), model(x, training=False).numpy())
+
+
+def test_original_model_untouched_and_weights_copied():
+    model = _cnn()
+    before = [w.copy() for w in model.get_weights()]
+    quantized = apply_diffq(model, min_size=0)
+    assert [type(layer) for layer in model.layers] == [L.Conv2D, L.Flatten, L.Dense, L.Dense]
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(quantized.get_layer("fc").layer.kernel.numpy(), model.get_layer("fc").kernel.numpy())
+    assert isinstance(quantized.get_layer("fc"), DiffQWrapper)
+
+
+def test_targets_min_size_exclude_and_nested_models():
+    inner = keras.Sequential([keras.Input((16,)), L.Dense(64, name="big"), L.Dense(8, name="small")], name="inner")
+    inputs = keras.Input((16,))
+    model = keras.Model(inputs, L.Dense(8, name="head")(inner(inputs)))
+    # 16 x 64 float32 = 4 KiB; min_size 0.002 MB (2 KiB) keeps only "big".
+    quantized = apply_diffq(model, min_size=0.002)
+    assert [w.name for w in diffq.diffq_layers(quantized)] == ["big"]
+    quantized = apply_diffq(model, min_size=0, targets="all", exclude=["head"])
+    assert {w.name: w.targets for w in diffq.diffq_layers(quantized)} == {"big": ["kernel", "bias"],
+                                                                            "small": ["kernel", "bias"]}
+    x = np.ones((2, 16), "float32")
+    assert quantized(x, training=False).shape == (2, 8)
+
+
+# --- training -------------------------------------------------------------------------------------------------
+
+def _train(digits, penalty, bits_lr, epochs, optimizer=None, callbacks=()):
+    model = _diffq_cnn(penalty=penalty)
+    model.compile(DiffQOptimizer(optimizer or keras.optimizers.Adam(1e-3), bits_learning_rate=bits_lr), LOSS,
+                  metrics=["accuracy"])
+    history = model.fit(digits.x_train, digits.y_train, batch_size=64, epochs=epochs, verbose=0,
+                        callbacks=list(callbacks))
+    return model, history
+
+
+def _real_bits(model):
+    return np.concatenate([w.bits(p).numpy() for w in diffq.diffq_layers(model) for p in w.targets])
+
+
+def test_penalty_zero_keeps_bits_near_init_and_learns(digits):
+    model, history = _train(digits, 0.0, 1e-3, 3, callbacks=[DiffQLogger(verbose=0)])
+    bits = _real_bits(model)
+    assert abs(bits.mean() - 8.0) < 0.25 and np.abs(bits - 8.0).max() < 0.5
+    assert model.evaluate(digits.x_test, digits.y_test, verbose=0)[1] > 0.8
+    assert set(history.history) >= {"diffq_true_kib", "diffq_mean_bits"}
+    assert history.history["diffq_mean_bits"][-1] == pytest.approx(diffq.mean_bits(model))
+
+
+def test_large_penalty_drives_bits_down_within_range(digits):
+    model, _ = _train(digits, 1e4, 0.05, 2)
+    bits = _real_bits(model)
+    assert bits.mean() < 4.0 and bits.min() >= 2.0 and bits.max() <= 15.0
+    rounded = np.concatenate(list(diffq.learned_bits(model).values()))
+    assert rounded.min() >= 2 and rounded.max() <= 15
+
+
+def test_optimizer_routes_bits_to_their_own_adam(digits):
+    # SGD at learning rate 0 with weight decay: the weights must not move, the bits logits must (Adam, no decay).
+    model = _diffq_cnn(penalty=10.0)
+    kernels = {n: model.get_layer(n).layer.kernel.numpy().copy() for n in ("conv", "fc", "out")}
+    logits = {n: model.get_layer(n)._logits["kernel"].numpy().copy() for n in kernels}
+    model.compile(DiffQOptimizer(keras.optimizers.SGD(0.0, weight_decay=0.5), bits_learning_rate=1e-2), LOSS)
+    model.fit(digits.x_train[:512], digits.y_train[:512], batch_size=64, epochs=1, verbose=0)
+    for name in kernels:
+        np.testing.assert_array_equal(model.get_layer(name).layer.kernel.numpy(), kernels[name])
+        moved = model.get_layer(name)._logits["kernel"].numpy() - logits[name]
+        assert np.abs(moved).max() > 0.05
+    assert int(model.optimizer.iterations) == 8 and int(model.optimizer.bits_optimizer.iterations) == 8
+    opt = DiffQOptimizer.from_config(model.optimizer.get_config())
+    assert opt.bits_learning_rate == 1e-2 and isinstance(opt.optimizer, keras.optimizers.SGD)
+    assert opt.get_config() == model.optimizer.get_config()
+
+
+# --- size, export, save/load ----------------------------------------------------------------------------------
+
+def test_size_estimate_vs_true_size_and_packed_export(digits, tmp_path):
+    model = _diffq_cnn()
+    rng = np.random.default_rng(0)
+    for wrapper in diffq.diffq_layers(model):
+        logits = wrapper._logits["kernel"]
+        logits.assign(rng.normal(-0.5, 1.0, logits.shape))
+    report = diffq.size_report(model)
+    true, estimate = diffq.true_size(model), diffq.estimated_size(model)
+    # Stated tolerance: the rounding of b (group_size * |b - round(b)| / 8 bytes per group) + 2 bytes of
+    # padding per quantized tensor.
+    bits = np.concatenate([w.bits("kernel").numpy() for w in diffq.diffq_layers(model)])
+    tolerance = 8 * np.abs(bits - np.round(bits)).sum() / 8 + 2 * 3
+    assert abs(true - estimate) <= tolerance
+    # With integer bits the two agree to the padding.
+    for wrapper in diffq.diffq_layers(model):
+        wrapper._logits["kernel"].assign(np.full(wrapper._logits["kernel"].shape, ops.logit_for_bits(5, 2, 15)))
+    assert abs(diffq.true_size(model) - diffq.estimated_size(model)) <= 2 * 3
+    assert report.params == model.count_params() - sum(
+        int(np.prod(v.shape)) for w in diffq.diffq_layers(model) for v in w.weights if "diffq" in v.name)
+    packed = diffq.export_packed(model, tmp_path / "m.diffq")
+    data = (tmp_path / "m.diffq").read_bytes()
+    assert packed.payload_bytes == diffq.true_size(model)
+    again = PackedModel.from_bytes(data)
+    for a, b in zip(packed.tensors, again.tensors):
+        assert (a.layer, a.name, a.shape, a.kind) == (b.layer, b.name, b.shape, b.kind)
+        if a.kind == "diffq":
+            np.testing.assert_array_equal(a.codes, b.codes)
+            np.testing.assert_array_equal(a.bits, b.bits)
+            assert (a.w_min, a.w_max) == (b.w_min, b.w_max)
+    dense = diffq.to_dense_model(model)
+    weights = again.weights()
+    for layer in dense.layers:
+        for variable in layer.weights:
+            key = f"{layer.name}/{variable.name.split('/')[-1].split(':')[0]}"
+            np.testing.assert_array_equal(weights[key], variable.numpy())
+
+
+def _lstm_model():
+    inputs = keras.Input((6,), dtype="int32")
+    x = L.Embedding(24, 8, mask_zero=True, name="emb")(inputs)
+    x = L.LSTM(16, name="lstm")(x)
+    return keras.Model(inputs, L.Dense(24, name="out")(x))
+
+
+@pytest.mark.parametrize("make,x", [
+    (lambda: _diffq_cnn(noise="uniform", penalty=2.0), np.random.default_rng(0).random((3, 8, 8, 1), "float32")),
+    (lambda: apply_diffq(_lstm_model(), min_size=0, group_size=4, init_bits=5, max_bits=8),
+     np.random.default_rng(0).integers(0, 24, (3, 6))),
+    (lambda: apply_uniform(_cnn(), 3, min_size=0), np.random.default_rng(0).random((3, 8, 8, 1), "float32")),
+], ids=["diffq-cnn", "diffq-embedding-lstm", "uniform-cnn"])
+def test_save_load_round_trip(make, x, tmp_path):
+    model = make()
+    for wrapper in diffq.diffq_layers(model):  # bits away from their initial value
+        for logits in getattr(wrapper, "_logits", {}).values():
+            logits.assign(np.random.default_rng(0).normal(0, 2, logits.shape))
+    model.compile(DiffQOptimizer("adam"), "mse")
+    if x.ndim == 4:  # optimizer state too (training the LSTM graph would double the test's time)
+        model.fit(x, model.predict(x, verbose=0) + 1.0, epochs=1, verbose=0)
+    for fmt in ("m.keras", "m.h5"):
+        model.save(tmp_path / fmt)
+        again = keras.models.load_model(tmp_path / fmt)
+        np.testing.assert_array_equal(again.predict(x, verbose=0), model.predict(x, verbose=0))
+        assert type(again.optimizer) is DiffQOptimizer
+        if x.ndim == 4:
+            for a, b in zip(model.optimizer.variables, again.optimizer.variables):
+                np.testing.assert_array_equal(a.numpy(), b.numpy())
+    for wrapper in diffq.diffq_layers(model):
+        config = wrapper.get_config()
+        params = set(inspect.signature(type(wrapper).__init__).parameters) - {"self", "kwargs"}
+        assert params <= set(config) and set(config) - params <= {"name", "trainable", "dtype"}
+        rebuilt = type(wrapper).from_config(config).get_config()
+        assert {k: v for k, v in rebuilt.items() if k != "layer"} == {k: v for k, v in config.items() if k != "layer"}
+        assert rebuilt["layer"]["config"] == config["layer"]["config"]
+
+
+def test_export_tflite_int8(digits):
+    model = apply_diffq(_cnn(), min_size=0, max_bits=8, init_bits=6)
+    model.compile(DiffQOptimizer("adam"), LOSS, metrics=["accuracy"])
+    model.fit(digits.x_train, digits.y_train, epochs=2, verbose=0)
+    import tflite_export
+
+    flatbuffer = diffq.export_tflite(model, digits.x_train[:100])
+    keras_acc = model.evaluate(digits.x_test, digits.y_test, verbose=0)[1]
+    tflite_acc = np.mean(np.argmax(tflite_export.run(flatbuffer, digits.x_test), 1) == digits.y_test)
+    assert abs(tflite_acc - keras_acc) < 0.03
+
+
+def test_callback_warns_without_diffq_optimizer_and_plot(digits, tmp_path):
+    model = _diffq_cnn()
+    model.compile("adam", LOSS)
+    with pytest.warns(UserWarning, match="DiffQOptimizer"):
+        model.fit(digits.x_train[:64], digits.y_train[:64], epochs=1, verbose=0, callbacks=[DiffQLogger(verbose=0)])
+    path = diffq.plot_bits(diffq.learned_bits(model), tmp_path / "bits.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+# --- errors ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make,error,match", [
+    (lambda: apply_diffq(_cnn(), min_size=0, group_size=7), ValueError, "group_size`=7 does not divide"),
+    (lambda: apply_diffq(_cnn(), min_bits=9, max_bits=4), ValueError, "min_bits` must be smaller"),
+    (lambda: apply_diffq(_cnn(), min_bits=0), ValueError, r"min_bits` must be in \[1, 15\]"),
+    (lambda: apply_diffq(_cnn(), max_bits=16), ValueError, r"max_bits` must be in \[1, 15\]"),
+    (lambda: apply_diffq(_cnn(), init_bits=2), ValueError, "init_bits` must lie strictly between"),
+    (lambda: apply_diffq(_cnn(), init_bits="8"), TypeError, "init_bits` must be a number"),
+    (lambda: apply_diffq(_cnn(), group_size=2.5), TypeError, "group_size` must be an int"),
+    (lambda: apply_diffq(_cnn(), noise="laplace"), ValueError, "noise"),
+    (lambda: apply_diffq(_cnn(), penalty=-1), ValueError, "penalty"),
+    (lambda: apply_diffq(_cnn(), min_size=-1), ValueError, "min_size"),
+    (lambda: apply_diffq(_cnn(), targets="biases"), ValueError, "targets"),
+    (lambda: apply_diffq(_cnn(), exclude=["nope"]), ValueError, "exclude"),
+    (lambda: apply_diffq(_cnn(), exclude="fc"), TypeError, "exclude"),
+    (lambda: apply_diffq(keras.Sequential([keras.Input((4,)), L.Dense(2)])), ValueError, "min_size=0"),  # every tensor under the reference's 0.01 MB
+    (lambda: apply_diffq(_diffq_cnn()), ValueError, "already has quantization wrappers"),
+    (lambda: apply_diffq("model"), TypeError, "model"),
+    (lambda: DiffQWrapper(L.Dense(3), targets="kernel"), TypeError, "targets"),
+    (lambda: DiffQWrapper(L.Dense(3), targets=["gamma"]).build((None, 4)), ValueError, "not a weight attribute"),
+    (lambda: DiffQWrapper(L.Flatten()).build((None, 4)), ValueError, "no kernel-like weight"),
+    (lambda: apply_uniform(_cnn(), 1, min_size=0), ValueError, r"bits` must be in \[2, 15\]"),
+    (lambda: DiffQOptimizer(keras.optimizers.legacy.SGD()), TypeError, "optimizer"),
+    (lambda: DiffQOptimizer("adam", bits_learning_rate=0), ValueError, "bits_learning_rate"),
+    (lambda: diffq.set_penalty(_diffq_cnn(), -1.0), ValueError, "penalty"),
+    (lambda: diffq.set_penalty(_cnn(), 1.0), ValueError, "no DiffQ layer"),
+    (lambda: diffq.export_tflite(_diffq_cnn(init_bits=10), np.zeros((4, 8, 8, 1), "float32")), ValueError, "<= 8 bits"),
+    (lambda: diffq.export_packed(apply_uniform(_cnn(), 4, min_size=0)), ValueError, "no DiffQ layer"),
+    (lambda: PackedModel.from_bytes(b"not a diffq file"), ValueError, "not a packed DiffQ model"),
+    (lambda: DiffQLogger(verbose=2), ValueError, "verbose"),
+    (lambda: diffq.plot_bits({}, "x.png"), ValueError, "bits"),
+], ids=["group-not-dividing", "min-above-max", "bits-below-1", "bits-above-15", "init-on-bound", "init-type",
+        "group-type", "noise", "penalty", "min-size", "targets-mode", "exclude-unknown", "exclude-str", "nothing-to-do",
+        "already-wrapped", "not-a-model", "targets-type", "target-missing", "no-kernel", "uniform-bits",
+        "legacy-optimizer", "bits-lr", "set-penalty", "set-penalty-float-model", "tflite-wide-bits",
+        "pack-uniform", "bad-file", "logger-verbose", "plot-empty"])
+def test_errors(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
