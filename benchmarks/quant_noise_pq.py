@@ -187,25 +187,45 @@ def _table(report) -> str:
 
 
 def _plot(results, path) -> None:
+    """Accuracy vs size; filled markers after centroid fine-tuning, hollow ones before."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = {"float": ("k", "*"), "quant_noise": ("tab:gray", "*"), "plain_ipq": ("tab:blue", "o"),
-              "quant_noise_ipq": ("tab:red", "s"), "tfmot_cluster": ("tab:green", "^")}
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    styles = {"float": ("k", "*", "float32"), "quant_noise_K": ("tab:gray", "*", "Quant-Noise model (float32)"),
+              "plain_ipq": ("tab:blue", "o", "plain training -> iPQ"),
+              "quant_noise_ipq": ("tab:red", "s", "Quant-Noise -> iPQ"),
+              "tfmot_cluster": ("tab:green", "^", "tfmot clustering (ideal packed size)")}
+    seen = set()
     for name, row in results.items():
         key = next(k for k in sorted(styles, key=len, reverse=True) if name.startswith(k))
-        color, marker = styles[key]
-        ax.scatter(row["bytes"] / 1024, 100 * row["accuracy"], color=color, marker=marker, s=60)
-        ax.annotate(name, (row["bytes"] / 1024, 100 * row["accuracy"]), fontsize=7, xytext=(4, 4),
-                    textcoords="offset points")
+        color, marker, label = styles[key]
+        kib = row["bytes"] / 1024
+        ax.scatter(kib, 100 * row["accuracy"], color=color, marker=marker, s=70,
+                   label=None if key in seen else label)
+        seen.add(key)
+        if "accuracy_before_finetune" in row:
+            ax.scatter(kib, 100 * row["accuracy_before_finetune"], facecolors="none", edgecolors=color,
+                       marker=marker, s=70)
+            ax.plot([kib, kib], [100 * row["accuracy_before_finetune"], 100 * row["accuracy"]], color=color,
+                    alpha=0.3)
+        if name.startswith(("plain_ipq", "tfmot")):
+            ax.annotate(name.split("_")[-1] if "ipq" in name else name.split("_")[-1] + " clusters",
+                        (kib, 100 * row["accuracy"]), fontsize=7, xytext=(6, -10), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("model size (KiB, log scale; indices + codebooks + float32 rest)")
     ax.set_ylabel("Fashion-MNIST test accuracy (%)")
-    ax.set_title("Quant-Noise + iPQ vs plain iPQ vs tfmot clustering")
+    ax.set_title("iPQ with and without Quant-Noise vs tfmot clustering\n(hollow: before centroid fine-tuning)")
     ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def replot(out_dir) -> None:
+    """Redraws the PNG from the saved JSON (no training)."""
+    out_dir = Path(out_dir)
+    _plot(json.loads((out_dir / "quant_noise_pq.json").read_text())["results"], out_dir / "quant_noise_pq.png")
