@@ -77,10 +77,10 @@ def main(out_dir, quick: bool = False, command: str = "") -> dict:
     seq_len = 64
     text = load_shakespeare()
     vocab, x, y, xt, yt = char_lm_split(text, seq_len=seq_len, max_sequences=None)
-    train_n = 4000 if quick else 40000
+    train_n = 4000 if quick else 16000
     x, y = x[:train_n], y[:train_n]
     xt, yt = xt[:500 if quick else 2000], yt[:500 if quick else 2000]
-    epochs = 1 if quick else 4
+    epochs = 1 if quick else 3
     finetune = 0.1 if quick else 0.25
     block_sizes = {"embedding": 4, "dense": 8}
     block_sizes.update({f"attn{i}_{n}": 4 for i in range(2) for n in "qkvo"})
