@@ -82,7 +82,7 @@ class KernelQuantizeConfig(_QuantizeConfig):
 
 @keras.utils.register_keras_serializable(package="tfq_ext")
 class OutputQuantizeConfig(_QuantizeConfig):
-    """Quantizes only the layer's output (merges, activations, standalone BN, rescaling, folded conv+BN)."""
+    """Quantizes only the layer's output (merges, activations, standalone BN); no weights, no activations."""
 
     def __init__(self, output_quantizer: ActivationQuantizer):
         self.output_quantizer = deserialize_quantizer(output_quantizer)
@@ -100,32 +100,18 @@ class OutputQuantizeConfig(_QuantizeConfig):
         pass
 
     def get_output_quantizers(self, layer):
-        return [self.output_quantizer]
+        return [self.output_quantizer] if self.output_quantizer is not None else []
 
     def get_config(self):
         return {"output_quantizer": keras.utils.serialize_keras_object(self.output_quantizer)}
 
 
 @keras.utils.register_keras_serializable(package="tfq_ext")
-class NoOpQuantizeConfig(_QuantizeConfig):
+class NoOpQuantizeConfig(OutputQuantizeConfig):
     """Quantizes nothing: for layers whose output a following layer quantizes (e.g. Add followed by ReLU)."""
 
-    def get_weights_and_quantizers(self, layer):
-        return []
-
-    def get_activations_and_quantizers(self, layer):
-        return []
-
-    def set_quantize_weights(self, layer, quantize_weights):
-        pass
-
-    def set_quantize_activations(self, layer, quantize_activations):
-        pass
-
-    def get_output_quantizers(self, layer):
-        return []
+    def __init__(self):
+        super().__init__(None)
 
     def get_config(self):
         return {}
-
-

@@ -15,6 +15,7 @@ from __future__ import annotations
 from tfq_ext._compat import resolve_training, smart_cond
 from tfq_ext._keras import keras, tf
 from tfq_ext.ops.blocks import check_block_size, from_blocks, num_blocks, to_blocks
+from tfq_ext.ops.linear import dense
 from tfq_ext.ops.kmeans import clamp_k, kmeans
 from tfq_ext.ops.quant_noise import block_mask, pq_noise, proxy_noise, scalar_noise
 
@@ -111,14 +112,7 @@ class QuantNoiseDense(_QuantNoiseMixin, keras.layers.Dense):
         self._build_noise()
 
     def call(self, inputs, training=None):
-        kernel = self._training_kernel(training)
-        if inputs.shape.rank == 2:
-            outputs = tf.matmul(inputs, kernel)
-        else:
-            outputs = tf.tensordot(inputs, kernel, [[inputs.shape.rank - 1], [0]])
-        if self.use_bias:
-            outputs = tf.nn.bias_add(outputs, self.bias)
-        return self.activation(outputs)
+        return dense(inputs, self._training_kernel(training), self.bias if self.use_bias else None, self.activation)
 
     def get_config(self):
         return {**super().get_config(), **self._noise_config()}

@@ -18,6 +18,7 @@ import numpy as np
 from tfq_ext._keras import keras, tf
 from tfq_ext.ops.blocks import check_block_size, from_blocks, num_blocks
 from tfq_ext.ops.codebook import gather_mean_grad
+from tfq_ext.ops.linear import dense
 from tfq_ext.ops.fake_quant import fake_quant, symmetric_range
 from tfq_ext.ops.size import TensorSize, codebook_bytes, index_bits, packed_bytes
 
@@ -106,14 +107,7 @@ class PQDense(_PQMixin, keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, inputs):
-        kernel = self.pq_kernel()
-        if inputs.shape.rank == 2:
-            outputs = tf.matmul(inputs, kernel)
-        else:
-            outputs = tf.tensordot(inputs, kernel, [[inputs.shape.rank - 1], [0]])
-        if self.use_bias:
-            outputs = tf.nn.bias_add(outputs, self.bias)
-        return self.activation(outputs)
+        return dense(inputs, self.pq_kernel(), self.bias if self.use_bias else None, self.activation)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)

@@ -20,7 +20,20 @@ from tfq_ext.ops.ranges import batch_min_max, ema_assign
 
 __all__ = ["WeightQuantizer", "ActivationQuantizer", "FixedRangeQuantizer", "deserialize_quantizer"]
 
-_Quantizer = tfmot.quantization.keras.quantizers.Quantizer
+_TfmotQuantizer = tfmot.quantization.keras.quantizers.Quantizer
+
+
+class _Quantizer(_TfmotQuantizer):
+    """tfmot's Quantizer with value equality: two quantizers are equal when their configs are."""
+
+    def __eq__(self, other):
+        return type(other) is type(self) and self.get_config() == other.get_config()
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+    def __hash__(self):
+        return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
 
 
 def _check_bits(num_bits) -> int:
@@ -73,11 +86,6 @@ class WeightQuantizer(_Quantizer):
         return {"num_bits": self.num_bits, "per_channel": self.per_channel, "axis": self.axis,
                 "depthwise": self.depthwise}
 
-    def __eq__(self, other):
-        return isinstance(other, WeightQuantizer) and self.get_config() == other.get_config()
-
-    def __ne__(self, other):
-        return not self.__eq__(other)
 
 
 @keras.utils.register_keras_serializable(package="tfq_ext")
@@ -129,11 +137,6 @@ class ActivationQuantizer(_Quantizer):
     def get_config(self):
         return {"num_bits": self.num_bits, "ema_decay": self.ema_decay, "quant_delay": self.quant_delay}
 
-    def __eq__(self, other):
-        return isinstance(other, ActivationQuantizer) and self.get_config() == other.get_config()
-
-    def __ne__(self, other):
-        return not self.__eq__(other)
 
 
 @keras.utils.register_keras_serializable(package="tfq_ext")
@@ -162,11 +165,6 @@ class FixedRangeQuantizer(_Quantizer):
     def get_config(self):
         return {"low": self.low, "high": self.high, "num_bits": self.num_bits}
 
-    def __eq__(self, other):
-        return isinstance(other, FixedRangeQuantizer) and self.get_config() == other.get_config()
-
-    def __ne__(self, other):
-        return not self.__eq__(other)
 
 
 def deserialize_quantizer(obj):
