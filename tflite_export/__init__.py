@@ -5,15 +5,19 @@ Modules:
     report: integer-only rule and XNNPACK delegation (``verify``, ``ConversionReport``).
     runtime: interpreters, delegation report, batched inference, latency measurement.
     inspect: human-readable listing of a flatbuffer.
-
-Later modules (flatbuffer editing, codebook compression, Edge TPU checks) live beside these and are imported
-by their own module path.
+    codebook: lossless codebook compression of int8 weights (``compress``, ``decompress``,
+        ``load_interpreter``) with the ``TfqCodebookDecode`` custom op; its C kernel is in ``kernels``.
+    edgetpu: static Edge TPU compatibility check (``tflite_export.edgetpu.check``).
+    flatbuffer: editing finished flatbuffers with TensorFlow's generated object API.
 
 The package attributes ``convert`` and ``inspect`` are the functions, which hide the modules of the same name;
 reach module-level helpers with ``from tflite_export.convert import is_qat_model``.
 """
 
+from tflite_export.codebook import (CompressionReport, TensorCompression, compress, decompress, is_compressed,
+                                    load_interpreter)
 from tflite_export.convert import ConversionError, convert
+from tflite_export.edgetpu import EdgeTpuReport
 from tflite_export.inspect import inspect
 from tflite_export.report import ConversionReport, verify
 from tflite_export.runtime import (compare_latency, delegation_report, make_interpreter, measure_latency, run,
@@ -31,4 +35,11 @@ __all__ = [
     "run_raw",
     "measure_latency",
     "compare_latency",
+    "compress",
+    "decompress",
+    "is_compressed",
+    "load_interpreter",
+    "CompressionReport",
+    "TensorCompression",
+    "EdgeTpuReport",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tfq_ext._keras import keras, tf
 
-__all__ = ["smart_cond", "resolve_training", "skips_first_node", "tf_interpreter_with_custom_ops"]
+__all__ = ["smart_cond", "resolve_training", "skips_first_node", "tf_interpreter_with_custom_ops", "tflite_schema"]
 
 
 def smart_cond(pred, true_fn, false_fn):
@@ -46,3 +46,15 @@ def tf_interpreter_with_custom_ops() -> type:
     from tensorflow.lite.python.interpreter import InterpreterWithCustomOps
 
     return InterpreterWithCustomOps
+
+
+def tflite_schema():
+    """TensorFlow's generated Python object API of the TFLite flatbuffer schema (``ModelT``, ``TensorT``, ...).
+
+    TensorFlow ships it as ``tensorflow.lite.python.schema_py_generated`` without a public name; it is the
+    writer TensorFlow's own converter uses to edit flatbuffers (``modify_model_io_type``), so a file read and
+    written back with it keeps its bytes (measured with TF 2.21).
+    """
+    from tensorflow.lite.python import schema_py_generated
+
+    return schema_py_generated
