@@ -284,7 +284,7 @@ def _time_invokes(interpreter: Any, runs: int) -> list[float]:
 
 
 def measure_latency(model_content: bytes, *, num_threads: int = 1, runs: int = 50, warmup: int = 5,
-                    use_xnnpack: bool = True) -> dict:
+                    use_xnnpack: bool = True, custom_op_registerers=None) -> dict:
     """Times batch-1 ``invoke()`` calls on random inputs.
 
     Args:
@@ -293,13 +293,15 @@ def measure_latency(model_content: bytes, *, num_threads: int = 1, runs: int = 5
         runs: Timed invokes.
         warmup: Untimed invokes first (XNNPACK packs weights and caches on the first runs).
         use_xnnpack: Apply the default XNNPACK delegate.
+        custom_op_registerers: Registerers of custom kernels (e.g. ``tflite_export.kernels.registerer()``).
 
     Returns:
         ``{"median_ms", "p10_ms", "p90_ms", "mean_ms", "samples", "num_threads", "use_xnnpack"}``.
     """
     runs = _check_int(runs, "runs", 1)
     warmup = _check_int(warmup, "warmup", 0)
-    interpreter = make_interpreter(model_content, num_threads=num_threads, use_xnnpack=use_xnnpack)
+    interpreter = make_interpreter(model_content, num_threads=num_threads, use_xnnpack=use_xnnpack,
+                                   custom_op_registerers=custom_op_registerers)
     _fill_inputs(interpreter, np.random.default_rng(0))
     _time_invokes(interpreter, warmup)
     result = _timings_ms(_time_invokes(interpreter, runs))
@@ -308,7 +310,8 @@ def measure_latency(model_content: bytes, *, num_threads: int = 1, runs: int = 5
 
 
 def compare_latency(models: Mapping[str, bytes], rounds: int = 20, runs_per_round: int = 10, *,
-                    warmup: int = 5, num_threads: int = 1, use_xnnpack: bool = True) -> dict:
+                    warmup: int = 5, num_threads: int = 1, use_xnnpack: bool = True,
+                    custom_op_registerers: Mapping[str, list] | None = None) -> dict:
     """Times several models interleaved (A, B, A, B, ...) so that machine noise hits all of them alike.
 
     Timings on shared machines drift by tens of percent over seconds; measuring the models one after the
@@ -322,6 +325,8 @@ def compare_latency(models: Mapping[str, bytes], rounds: int = 20, runs_per_roun
         warmup: Untimed invokes of each model before the first round.
         num_threads: Interpreter threads.
         use_xnnpack: Apply the default XNNPACK delegate.
+        custom_op_registerers: ``{model name: registerers}`` for the models that need a custom kernel (the
+            others keep the default interpreter, so that only the compressed file pays for the custom path).
 
     Returns:
         ``{"baseline": name, "models": {name: {"median_ms", "p10_ms", "p90_ms", "mean_ms", "samples"}},
@@ -338,7 +343,8 @@ def compare_latency(models: Mapping[str, bytes], rounds: int = 20, runs_per_roun
     interpreters = {}
     for name in names:
         check_flatbuffer(models[name], f"models[{name!r}]")
-        interpreters[name] = make_interpreter(models[name], num_threads=num_threads, use_xnnpack=use_xnnpack)
+        interpreters[name] = make_interpreter(models[name], num_threads=num_threads, use_xnnpack=use_xnnpack,
+                                              custom_op_registerers=(custom_op_registerers or {}).get(name))
         _fill_inputs(interpreters[name], np.random.default_rng(0))
         _time_invokes(interpreters[name], warmup)
     samples: dict[str, list[float]] = {name: [] for name in names}
