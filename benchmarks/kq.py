@@ -35,6 +35,7 @@ SEED = 0
 BATCH = 128
 CONV_NAMES = ("conv1", "conv2", "conv3", "conv4")
 KEPT = ("conv1",)  # 32 kernels: left as it is by every arm (KQ's min_kernels rule), counted at int8
+_EVAL = (None, None)  # test split, set by main() so that the arms can report accuracy before fine-tuning
 
 
 def log(message: str) -> None:
@@ -117,15 +118,16 @@ def _ste_arm(float_model, mode, x, y, steps, lr):
     model = build_cnn(conv)
     model.set_weights(float_model.get_weights())
     model.compile(_optimizer(lr, steps), _loss(), metrics=["accuracy"])
+    before = _accuracy(model, *_EVAL)
     _fit_steps(model, x, y, steps)
     weights = _conv_weights(model)
     per_weight = 1.0 if mode == "binary" else 1.6
     bits = _kept_bits(weights) + sum(per_weight * weights[n] + 32 * model.get_layer(n).filters
                                      for n in CONV_NAMES if n not in KEPT)
-    return model, bits / sum(weights.values())
+    return model, bits / sum(weights.values()), before
 
 
-def _tfmot_arm(float_model, n_clusters, x, y, steps, lr):
+def _tfmot_arm(float_model, n_clusters, x, y, steps, lr, per_channel=False):
     import tensorflow_model_optimization as tfmot
 
     clustering = tfmot.clustering.keras
@@ -134,19 +136,24 @@ def _tfmot_arm(float_model, n_clusters, x, y, steps, lr):
 
     def wrap(layer):
         if layer.name in CONV_NAMES and layer.name not in KEPT:
-            return clustering.cluster_weights(layer, number_of_clusters=n_clusters,
-                                              cluster_centroids_init=clustering.CentroidInitialization.KMEANS_PLUS_PLUS)
+            return clustering.cluster_weights(
+                layer, number_of_clusters=n_clusters, cluster_per_channel=per_channel,
+                cluster_centroids_init=clustering.CentroidInitialization.KMEANS_PLUS_PLUS)
         return layer
 
     clustered = keras.models.clone_model(clone, clone_function=wrap)
     clustered.compile(_optimizer(lr, steps), _loss(), metrics=["accuracy"])
+    before = _accuracy(clustering.strip_clustering(clustered), *_EVAL)
     _fit_steps(clustered, x, y, steps)
     stripped = clustering.strip_clustering(clustered)
     weights = _conv_weights(stripped)
-    index = int(math.ceil(math.log2(n_clusters)))
-    bits = _kept_bits(weights) + sum(index * weights[n] + 32 * n_clusters for n in CONV_NAMES if n not in KEPT)
-    distinct = max(len(np.unique(stripped.get_layer(n).kernel.numpy())) for n in CONV_NAMES if n not in KEPT)
-    return stripped, bits / sum(weights.values()), distinct
+    index = math.ceil(math.log2(n_clusters))
+    tables = {n: n_clusters * (stripped.get_layer(n).filters if per_channel else 1) for n in CONV_NAMES}
+    bits = _kept_bits(weights) + sum(index * weights[n] + 32 * tables[n] for n in CONV_NAMES if n not in KEPT)
+    kernels = [stripped.get_layer(n).kernel.numpy() for n in CONV_NAMES if n not in KEPT]
+    distinct = max(len(np.unique(k[..., o])) for k in kernels for o in range(k.shape[-1])) if per_channel \
+        else max(len(np.unique(k)) for k in kernels)
+    return stripped, bits / sum(weights.values()), distinct, before
 
 
 def _fit_steps(model, x, y, steps):
@@ -158,9 +165,9 @@ def _fit_steps(model, x, y, steps):
 
 
 def main(out_dir, quick: bool = False, command: str = "") -> dict:
+    import tflite_export
     from tfq_ext.data import load_fashion_mnist
     from tfq_ext.kq import quantize_kernels, to_dense_model
-    import tflite_export
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -169,6 +176,8 @@ def main(out_dir, quick: bool = False, command: str = "") -> dict:
     x, y, xt, yt = data.x_train, data.y_train, data.x_test, data.y_test
     if quick:
         xt, yt = xt[:2000], yt[:2000]
+    global _EVAL
+    _EVAL = (xt, yt)
     epochs = 1 if quick else 8
     finetune_steps = 20 if quick else len(x) // BATCH  # one epoch for every arm
     budgets = (1.0, 1.7) if quick else (1.0, 1.3, 1.7, 2.0)
@@ -190,7 +199,8 @@ def main(out_dir, quick: bool = False, command: str = "") -> dict:
                                       bits_per_weight=budget, finetune_epochs=1, batch_size=BATCH,
                                       optimizer=_optimizer(finetune_lr, finetune_steps), loss=_loss(),
                                       validation_data=(xt, yt), seed=SEED, verbose=0)
-        entry = {"method": "kq", "budget": budget, "bits_per_conv_weight": report["bits_per_conv_weight"],
+        entry = {"method": "kq", "budget": budget, "levels": "K " + "/".join(str(row["K"]) for row in
+                                                                           report["layers"].values()), "bits_per_conv_weight": report["bits_per_conv_weight"],
                  "accuracy_before_finetune": report["accuracy_before_finetune"],
                  "accuracy": report["accuracy_after_finetune"],
                  "K": {name: row["K"] for name, row in report["layers"].items()},
@@ -201,20 +211,26 @@ def main(out_dir, quick: bool = False, command: str = "") -> dict:
         log(f"  {entry['bits_per_conv_weight']:.3f} bits, K {entry['K']}: accuracy "
             f"{entry['accuracy_before_finetune']:.4f} -> {entry['accuracy']:.4f}")
 
-    for n_clusters in (2, 4):
-        log(f"tfmot clustering, {n_clusters} clusters per conv layer, {finetune_steps} steps")
+    for n_clusters, per_channel in ((2, False), (4, False), (2, True)):
+        name = f"tfmot_cluster_{n_clusters}" + ("_per_channel" if per_channel else "")
+        log(f"tfmot clustering, {n_clusters} clusters per conv {'channel' if per_channel else 'layer'}, "
+            f"{finetune_steps} steps")
         keras.utils.set_random_seed(SEED)
-        model, bits, distinct = _tfmot_arm(float_model, n_clusters, x, y, finetune_steps, finetune_lr)
-        results[f"tfmot_cluster_{n_clusters}"] = {"method": "tfmot clustering", "bits_per_conv_weight": bits,
-                                                   "accuracy": _accuracy(model, xt, yt),
-                                                   "distinct_values_per_layer": distinct}
-        log(f"  {bits:.3f} bits: accuracy {results[f'tfmot_cluster_{n_clusters}']['accuracy']:.4f}")
+        model, bits, distinct, before = _tfmot_arm(float_model, n_clusters, x, y, finetune_steps, finetune_lr,
+                                                   per_channel)
+        results[name] = {"method": "tfmot clustering" + (" per channel" if per_channel else ""),
+                         "bits_per_conv_weight": bits, "accuracy_before_finetune": before,
+                         "accuracy": _accuracy(model, xt, yt), "levels": f"{n_clusters} per "
+                         + ("channel" if per_channel else "layer"), "distinct_values_max": distinct}
+        log(f"  {bits:.3f} bits: accuracy {before:.4f} -> {results[name]['accuracy']:.4f}")
     for mode in ("binary", "ternary"):
         log(f"{mode} conv weights with STE, {finetune_steps} steps")
         keras.utils.set_random_seed(SEED)
-        model, bits = _ste_arm(float_model, mode, x, y, finetune_steps, finetune_lr)
-        results[mode] = {"method": f"{mode} (STE)", "bits_per_conv_weight": bits, "accuracy": _accuracy(model, xt, yt)}
-        log(f"  {bits:.3f} bits: accuracy {results[mode]['accuracy']:.4f}")
+        model, bits, before = _ste_arm(float_model, mode, x, y, finetune_steps, finetune_lr)
+        results[mode] = {"method": f"{mode} (STE)", "bits_per_conv_weight": bits, "accuracy_before_finetune": before,
+                         "accuracy": _accuracy(model, xt, yt),
+                         "levels": f"{2 if mode == 'binary' else 3} per channel"}
+        log(f"  {bits:.3f} bits: accuracy {before:.4f} -> {results[mode]['accuracy']:.4f}")
 
     report = {"benchmark": "kq", "quick": quick, "command": command,
               "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -251,12 +267,13 @@ def _export(dense, x, xt, yt, out_dir, tflite_export) -> dict:
 def _table(report) -> str:
     results = report["results"]
     float_acc = results["float"]["accuracy"]
-    lines = ["| arm | bits per conv weight | accuracy before fine-tune | accuracy | vs float (points) |",
-             "|---|---:|---:|---:|---:|"]
+    header = ("| arm | bits per conv weight | codewords / levels | accuracy before fine-tune (%) | accuracy (%) "
+              "| vs float (points) |")
+    lines = [header, "|---|---:|---|---:|---:|---:|"]
     for name, row in sorted(results.items(), key=lambda kv: -kv[1]["bits_per_conv_weight"]):
         before = row.get("accuracy_before_finetune")
-        label = name if row["method"] != "kq" else f"KQ (budget {row['budget']}, K {row['K']})"
-        lines.append(f"| {label} | {row['bits_per_conv_weight']:.3f} | "
+        label = name if row["method"] != "kq" else f"KQ, budget {row['budget']}"
+        lines.append(f"| {label} | {row['bits_per_conv_weight']:.3f} | {row.get('levels', '-')} | "
                      f"{'-' if before is None else f'{100 * before:.2f}'} | {100 * row['accuracy']:.2f} | "
                      f"{100 * (row['accuracy'] - float_acc):+.2f} |")
     setup = report["setup"]
@@ -288,14 +305,24 @@ def _plot(report, path) -> None:
     kq = sorted((r for r in results.values() if r["method"] == "kq"), key=lambda r: r["bits_per_conv_weight"])
     ax.plot([r["bits_per_conv_weight"] for r in kq], [100 * r["accuracy"] for r in kq], "o-", color="tab:red",
             label="KQ (fine-tuned)")
-    ax.plot([r["bits_per_conv_weight"] for r in kq], [100 * r["accuracy_before_finetune"] for r in kq], "o:",
-            color="tab:red", alpha=0.4, label="KQ (k-means only)")
-    styles = {"tfmot clustering": ("tab:green", "^"), "binary (STE)": ("tab:blue", "s"),
+    styles = {"tfmot clustering": ("tab:green", "^"), "tfmot clustering per channel": ("tab:olive", "v"),
+              "binary (STE)": ("tab:blue", "s"),
               "ternary (STE)": ("tab:purple", "D")}
+    # A collapsed arm would squash the interesting range: clip the axis and mark those arms at the bottom edge.
+    bottom = 100 * min(r["accuracy"] for r in kq) - 4
+    off_scale = 0
     for method, (color, marker) in styles.items():
         rows = [r for r in results.values() if r["method"] == method]
-        ax.scatter([r["bits_per_conv_weight"] for r in rows], [100 * r["accuracy"] for r in rows], color=color,
-                   marker=marker, s=60, label=method, zorder=3)
+        for row in rows:
+            accuracy = 100 * row["accuracy"]
+            shown = max(accuracy, bottom + 0.3)
+            ax.scatter(row["bits_per_conv_weight"], shown, color=color, marker=marker, s=60, zorder=3,
+                       label=method if row is rows[0] else None)
+            text = row.get("levels", "") + (f" ({accuracy:.1f}%, off scale)" if accuracy < bottom else "")
+            off_scale += accuracy < bottom
+            ax.annotate(text, (row["bits_per_conv_weight"], shown), fontsize=7,
+                        xytext=(4, 4 + (12 * off_scale if accuracy < bottom else 0)), textcoords="offset points")
+    ax.set_ylim(bottom, 100 * results["float"]["accuracy"] + 1)
     ax.set_xlabel("bits per conv weight (indices + codebooks + scales + kept conv1, all counted)")
     ax.set_ylabel("Fashion-MNIST test accuracy (%)")
     ax.set_title("Kernel codebooks (KQ) vs scalar clustering and binary/ternary weights")
