@@ -53,13 +53,30 @@ def test_noise_scale_matches_delta(noise, std):
 def test_true_quantization_golden():
     # Range [0, 1]; group 0 at 1 bit (Delta 1), group 1 at 2 bits (Delta 1/3); bits 1.4 and 2.3 round to 1, 2.
     w = tf.constant([[0.0, 0.3], [0.4, 1.0]])
-    codes, w_min, w_max, bits = ops.quantize(w, tf.constant([1.4, 2.3]), 2)
+    codes, w_min, w_max, bits = ops.quantize(w, tf.constant([1.4, 2.3]), 2, grid="range")
     np.testing.assert_array_equal(codes.numpy(), [[0, 0], [1, 3]])
     np.testing.assert_array_equal(bits.numpy(), [1, 2])
-    np.testing.assert_allclose(ops.dequantize(codes, w_min, w_max, bits, (2, 2)).numpy(), [[0, 0], [1 / 3, 1]],
-                               atol=1e-7)
+    np.testing.assert_allclose(ops.dequantize(codes, w_min, w_max, bits, (2, 2), "range").numpy(),
+                               [[0, 0], [1 / 3, 1]], atol=1e-7)
     # A constant tensor has range 0: everything quantizes to the constant.
-    np.testing.assert_array_equal(ops.quantize_dequantize(tf.fill((4,), 0.25), tf.constant([3.0, 3.0]), 2), [0.25] * 4)
+    for grid in ops.GRIDS:
+        np.testing.assert_array_equal(ops.quantize_dequantize(tf.fill((4,), 0.25), tf.constant([3.0, 3.0]), 2, grid),
+                                      [0.25] * 4)
+
+
+def test_zero_grid_golden():
+    # Range [-1, 2] at 2 bits: Delta 1. "range" levels -1, 0, 1, 2 already hold 0. Range [-0.5, 1] at 2 bits:
+    # Delta 0.5, "range" levels -0.5, 0, 0.5, 1; at 3 bits Delta 1.5/7: "range" misses 0, "zero" starts at
+    # round(-0.5 / Delta) * Delta = -2 Delta and keeps the top level 5 Delta = 1.0714 >= max.
+    w = tf.constant([-0.5, 0.0, 0.01, 1.0] * 2)
+    step = 1.5 / 7
+    zero = ops.quantize_dequantize(w, tf.constant([3.0, 3.0]), 4, "zero").numpy()
+    np.testing.assert_allclose(zero, np.array([-2, 0, 0, 5] * 2) * step, atol=1e-6)
+    assert zero[1] == 0.0
+    ranged = ops.quantize_dequantize(w, tf.constant([3.0, 3.0]), 4, "range").numpy()
+    np.testing.assert_allclose(ranged, np.array([-0.5, -0.5 + 2 * step, -0.5 + 2 * step, 1.0] * 2), atol=1e-6)
+    with pytest.raises(ValueError, match="grid"):
+        ops.grid_origin(0.0, tf.constant([1.0]), "symmetric")
 
 
 def test_size_golden_and_bits_field():
@@ -101,8 +118,9 @@ def test_gradients_reach_weights_and_bits(digits):
     np.testing.assert_allclose(tape.gradient(size_loss, logits).numpy(), expected.numpy(), rtol=1e-5)
 
 
-def test_eval_is_deterministic_on_the_grid_and_training_is_noisy(digits):
-    model = _diffq_cnn()
+@pytest.mark.parametrize("grid", ["zero", "range"])
+def test_eval_is_deterministic_on_the_grid_and_training_is_noisy(digits, grid):
+    model = _diffq_cnn(grid=grid)
     wrapper = model.get_layer("fc")
     # Mixed widths: alternate groups at 3 and 6 bits.
     wrapper._logits["kernel"].assign(np.tile([ops.logit_for_bits(3, 2, 15), ops.logit_for_bits(6, 2, 15)],
@@ -112,10 +130,12 @@ def test_eval_is_deterministic_on_the_grid_and_training_is_noisy(digits):
     assert not np.allclose(model(x, training=True).numpy(), model(x, training=True).numpy())
     kernel = wrapper.layer.kernel.numpy()
     quantized = wrapper.quantized_weights()["kernel"].numpy().reshape(-1, 8)
-    delta = (kernel.max() - kernel.min()) / (2.0 ** np.tile([3, 6], quantized.shape[0] // 2) - 1)
-    steps = (quantized - kernel.min()) / delta[:, None]
+    levels = 2.0 ** np.tile([3, 6], quantized.shape[0] // 2) - 1
+    delta = (kernel.max() - kernel.min()) / levels
+    origin = kernel.min() if grid == "range" else delta * np.round(kernel.min() / delta)
+    steps = (quantized - origin[..., None] if grid == "zero" else quantized - origin) / delta[:, None]
     np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)  # on the grid, in units of Delta
-    assert steps.min() > -1e-3 and np.all(np.round(steps) <= (2.0 ** np.tile([3, 6], len(steps) // 2) - 1)[:, None])
+    assert steps.min() > -1e-3 and np.all(np.round(steps) <= levels[:, None])
     assert np.abs(quantized - kernel.reshape(-1, 8)).max() <= delta.max() / 2 * (1 + 1e-4)
     np.testing.assert_array_equal(diffq.to_dense_model(model)(x).numpy(), model(x, training=False).numpy())
 
@@ -143,6 +163,7 @@ def test_targets_min_size_exclude_and_nested_models():
                                                                             "small": ["kernel", "bias"]}
     x = np.ones((2, 16), "float32")
     assert quantized(x, training=False).shape == (2, 8)
+    assert [w.name for w in diffq.diffq_layers(apply_diffq(model, min_size=0, exclude=["inner"]))] == ["head"]
 
 
 # --- training -------------------------------------------------------------------------------------------------
@@ -241,7 +262,7 @@ def _lstm_model():
 
 
 @pytest.mark.parametrize("make,x", [
-    (lambda: _diffq_cnn(noise="uniform", penalty=2.0), np.random.default_rng(0).random((3, 8, 8, 1), "float32")),
+    (lambda: _diffq_cnn(noise="uniform", grid="range", penalty=2.0), np.random.default_rng(0).random((3, 8, 8, 1), "float32")),
     (lambda: apply_diffq(_lstm_model(), min_size=0, group_size=4, init_bits=5, max_bits=8),
      np.random.default_rng(0).integers(0, 24, (3, 6))),
     (lambda: apply_uniform(_cnn(), 3, min_size=0), np.random.default_rng(0).random((3, 8, 8, 1), "float32")),
@@ -303,6 +324,7 @@ def test_callback_warns_without_diffq_optimizer_and_plot(digits, tmp_path):
     (lambda: apply_diffq(_cnn(), init_bits="8"), TypeError, "init_bits` must be a number"),
     (lambda: apply_diffq(_cnn(), group_size=2.5), TypeError, "group_size` must be an int"),
     (lambda: apply_diffq(_cnn(), noise="laplace"), ValueError, "noise"),
+    (lambda: apply_diffq(_cnn(), grid="symmetric"), ValueError, "grid"),
     (lambda: apply_diffq(_cnn(), penalty=-1), ValueError, "penalty"),
     (lambda: apply_diffq(_cnn(), min_size=-1), ValueError, "min_size"),
     (lambda: apply_diffq(_cnn(), targets="biases"), ValueError, "targets"),
@@ -325,7 +347,7 @@ def test_callback_warns_without_diffq_optimizer_and_plot(digits, tmp_path):
     (lambda: DiffQLogger(verbose=2), ValueError, "verbose"),
     (lambda: diffq.plot_bits({}, "x.png"), ValueError, "bits"),
 ], ids=["group-not-dividing", "min-above-max", "bits-below-1", "bits-above-15", "init-on-bound", "init-type",
-        "group-type", "noise", "penalty", "min-size", "targets-mode", "exclude-unknown", "exclude-str", "nothing-to-do",
+        "group-type", "noise", "grid", "penalty", "min-size", "targets-mode", "exclude-unknown", "exclude-str", "nothing-to-do",
         "already-wrapped", "not-a-model", "targets-type", "target-missing", "no-kernel", "uniform-bits",
         "legacy-optimizer", "bits-lr", "set-penalty", "set-penalty-float-model", "tflite-wide-bits",
         "pack-uniform", "bad-file", "logger-verbose", "plot-empty"])

@@ -68,11 +68,17 @@ def _wrap_model(model, make: Callable, targets: str, min_size: float, exclude: S
         raise ValueError("`model` already has quantization wrappers; apply DiffQ to the float model. Received: "
                          f"model with {[w.name for w in diffq_layers(model)]}")
     plan: Dict[str, List[str]] = {}
-    for layer in _walk(model):
-        if layer.name not in exclude:
-            paths = _select(layer, targets, min_size)
-            if paths:
-                plan[layer.name] = paths
+
+    def make_plan(container):
+        for layer in container.layers:
+            if layer.name in exclude:
+                continue  # an excluded nested model keeps all of its layers
+            if isinstance(layer, keras.Model):
+                make_plan(layer)
+            elif _select(layer, targets, min_size):
+                plan[layer.name] = _select(layer, targets, min_size)
+
+    make_plan(model)
     if not plan:
         raise ValueError(f"no weight of `model` qualifies for {what} (targets={targets!r}, min_size={min_size} MB, "
                          f"exclude={list(exclude)}). Use min_size=0 for small models or targets='all'.")
@@ -100,7 +106,8 @@ def _wrap_model(model, make: Callable, targets: str, min_size: float, exclude: S
 
 
 def apply_diffq(model: keras.Model, *, group_size: int = 8, min_bits: float = 2, max_bits: float = 15,
-                init_bits: float = 8, noise: str = "gaussian", penalty: float = 0.0, min_size: float = 0.01,
+                init_bits: float = 8, noise: str = "gaussian", grid: str = "zero", penalty: float = 0.0,
+                min_size: float = 0.01,
                 targets: str = "kernels", exclude: Sequence[str] = ()) -> keras.Model:
     """Copy of ``model`` whose chosen weights train with DiffQ (weights kept; the original is not modified).
 
@@ -109,6 +116,8 @@ def apply_diffq(model: keras.Model, *, group_size: int = 8, min_bits: float = 2,
         group_size: weights per learned bits value (reference default 8; its examples use 16).
         min_bits, max_bits, init_bits: bits range and start (defaults 2, 15, 8 as the reference).
         noise: "gaussian" (reference default) or "uniform" (the paper).
+        grid: "zero" (true-quantization levels shifted so that 0 is one, same storage) or "range" (the
+            reference's min + k * Delta).
         penalty: size penalty per megabyte, added to the loss through ``model.losses``.
         min_size: tensors smaller than this many float32 megabytes stay float (reference 0.01; 0 for tiny models).
         targets: "kernels" (kernel, depthwise/pointwise kernel, embeddings, recurrent kernel) or "all" (every
@@ -120,7 +129,7 @@ def apply_diffq(model: keras.Model, *, group_size: int = 8, min_bits: float = 2,
     """
     def make(layer, paths):
         return DiffQWrapper(layer, targets=paths, group_size=group_size, min_bits=min_bits, max_bits=max_bits,
-                            init_bits=init_bits, noise=noise, penalty=penalty, name=layer.name)
+                            init_bits=init_bits, noise=noise, grid=grid, penalty=penalty, name=layer.name)
 
     make(keras.layers.Dense(1), None)  # validates the arguments before any cloning
     return _wrap_model(model, make, targets, min_size, exclude, "DiffQ")

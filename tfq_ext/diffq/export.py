@@ -3,7 +3,8 @@
 Payload of one DiffQ tensor (each part byte-aligned, bits little-endian within bytes, values LSB first):
   float32 min, float32 max | 1 byte: smallest bits b0 (low 4 bits), field width f (high 4 bits) |
   (b_g - b0) for every group at f bits | every group's codes at b_g bits, groups in row-major order.
-Other weights are float32 little-endian. The file is ``MAGIC``, a uint32 index length, a JSON index (names, shapes,
+The grid ("zero" or "range", see ``tfq_ext.ops.diffq``) is recorded in the index. Other weights are float32
+little-endian. The file is ``MAGIC``, a uint32 index length, a JSON index (names, shapes,
 offsets) and the payloads; ``len(payload)`` equals :func:`tfq_ext.diffq.true_size` of the model.
 
 References: Defossez, Adi, Synnaeve 2021, arXiv 2104.09987.
@@ -70,6 +71,7 @@ class PackedTensor:
     w_min: float = 0.0
     w_max: float = 0.0
     values: Optional[np.ndarray] = None
+    grid: str = "zero"
 
     def payload(self) -> bytes:
         if self.kind == "float32":
@@ -82,7 +84,8 @@ class PackedTensor:
         return header + field_bytes + codes
 
     @classmethod
-    def from_payload(cls, layer: str, name: str, shape, kind: str, group_size: int, data: bytes) -> "PackedTensor":
+    def from_payload(cls, layer: str, name: str, shape, kind: str, group_size: int, data: bytes,
+                     grid: str = "zero") -> "PackedTensor":
         shape = tuple(int(s) for s in shape)
         n = int(np.prod(shape))
         if kind == "float32":
@@ -93,13 +96,13 @@ class PackedTensor:
         field_len = (n_groups * width + 7) // 8
         bits = unpack_varwidth(data[9:9 + field_len], np.full(n_groups, width)) + base
         codes = unpack_varwidth(data[9 + field_len:], np.repeat(bits, group_size)).reshape(n_groups, group_size)
-        return cls(layer, name, shape, kind, group_size, codes, bits, np.float32(w_min), np.float32(w_max))
+        return cls(layer, name, shape, kind, group_size, codes, bits, np.float32(w_min), np.float32(w_max), grid=grid)
 
     def dequantize(self) -> np.ndarray:
         """The float weights: the DiffQ model's inference weights (same formula, :func:`ops.dequantize`)."""
         if self.kind == "float32":
             return self.values
-        return ops.dequantize(self.codes, self.w_min, self.w_max, self.bits, self.shape).numpy()
+        return ops.dequantize(self.codes, self.w_min, self.w_max, self.bits, self.shape, self.grid).numpy()
 
 
 @dataclass
@@ -122,7 +125,7 @@ class PackedModel:
         for t in self.tensors:
             data = t.payload()
             index.append({"layer": t.layer, "name": t.name, "shape": list(t.shape), "kind": t.kind,
-                          "group_size": t.group_size, "offset": offset, "length": len(data)})
+                          "group_size": t.group_size, "grid": t.grid, "offset": offset, "length": len(data)})
             payloads.append(data)
             offset += len(data)
         header = json.dumps(index, separators=(",", ":")).encode()
@@ -138,7 +141,8 @@ class PackedModel:
         index = json.loads(data[start:start + length].decode())
         body = data[start + length:]
         return cls([PackedTensor.from_payload(e["layer"], e["name"], e["shape"], e["kind"], e["group_size"],
-                                              body[e["offset"]:e["offset"] + e["length"]]) for e in index])
+                                              body[e["offset"]:e["offset"] + e["length"]], e.get("grid", "zero"))
+                    for e in index])
 
 
 def _float_tensor(layer_name: str, name: str, variable) -> PackedTensor:
@@ -168,10 +172,11 @@ def export_packed(model: keras.Model, path: Union[str, Path, None] = None) -> Pa
                 if id(variable) not in targets:
                     packed.tensors.append(_float_tensor(layer.layer.name, name, variable))
                     continue
-                codes, w_min, w_max, bits = ops.quantize(variable, layer.bits(name), layer.group_size)
+                codes, w_min, w_max, bits = ops.quantize(variable, layer.bits(name), layer.group_size, layer.grid)
                 packed.tensors.append(PackedTensor(
                     layer.layer.name, name, tuple(int(s) for s in variable.shape), "diffq", layer.group_size,
-                    codes.numpy(), bits.numpy(), np.float32(w_min.numpy()), np.float32(w_max.numpy())))
+                    codes.numpy(), bits.numpy(), np.float32(w_min.numpy()), np.float32(w_max.numpy()),
+                    grid=layer.grid))
             continue
         for variable in layer.weights:
             if variable.dtype.is_integer and "step" in variable.name:

@@ -7,7 +7,7 @@ e.g. ``"kernel"``, ``"embeddings"`` or ``"cell.recurrent_kernel"`` (LSTM), so th
 Conv, Embedding, recurrent and custom layers, as long as they read their weights from attributes in ``call``
 (every built-in layer does).
 
-DiffQ forward (training): w + Delta(b) * xi; (inference): dequantize(quantize(w, round(b))).
+DiffQ forward (training): w + Delta(b) * xi; (inference): dequantize(quantize(w, round(b))) on the grid.
 DiffQ backward: exact gradients to w and to the bits logits; the size penalty adds d(penalty * MB)/db.
 Uniform forward: fake quantization on 2^bits levels over the tensor's range; backward: straight-through.
 
@@ -207,6 +207,8 @@ class DiffQWrapper(_QuantWrapper):
         min_bits, max_bits: range of the learned bits (1 <= min_bits < max_bits <= 15).
         init_bits: initial bits, strictly between min_bits and max_bits.
         noise: "gaussian" (N(0, 1) / 2, reference default) or "uniform" (U(-1/2, 1/2), the paper).
+        grid: levels of true quantization: "zero" (default; shifted so that 0 is a level, same storage) or
+            "range" (min + k * Delta, as the reference, where 0 is in general not a level).
         penalty: weight of the size term, per megabyte; change it later with :func:`tfq_ext.diffq.set_penalty`.
 
     Forward (training): w + (max(w) - min(w)) / (2^b - 1) * xi; (inference): true quantization with round(b).
@@ -216,17 +218,21 @@ class DiffQWrapper(_QuantWrapper):
     """
 
     def __init__(self, layer, targets=None, group_size: int = 8, min_bits: float = 2, max_bits: float = 15,
-                 init_bits: float = 8, noise: str = "gaussian", penalty: float = 0.0, **kwargs):
+                 init_bits: float = 8, noise: str = "gaussian", grid: str = "zero", penalty: float = 0.0,
+                 **kwargs):
         _check_int("group_size", group_size, 1)
         ops.check_bits_config(min_bits, max_bits, init_bits)
         if noise not in ops.NOISE_FORMS:
             raise ValueError(f"`noise` must be one of {ops.NOISE_FORMS}. Received: noise={noise!r}")
+        if grid not in ops.GRIDS:
+            raise ValueError(f"`grid` must be one of {ops.GRIDS}. Received: grid={grid!r}")
         if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or penalty < 0:
             raise ValueError(f"`penalty` must be a number >= 0. Received: penalty={penalty!r}")
         super().__init__(layer, targets, **kwargs)
         self.group_size = int(group_size)
         self.min_bits, self.max_bits, self.init_bits = min_bits, max_bits, init_bits
         self.noise = noise
+        self.grid = grid
         self.penalty = float(penalty)
         # Plain dict set past Keras' tracking: the variables are already the layer's own weights (add_weight).
         object.__setattr__(self, "_logits", {})
@@ -262,7 +268,7 @@ class DiffQWrapper(_QuantWrapper):
         return ops.pseudo_quant_noise(w, self.bits(path), self.group_size, self.noise)
 
     def _inference_weight(self, path, w):
-        return ops.quantize_dequantize(w, self.bits(path), self.group_size)
+        return ops.quantize_dequantize(w, self.bits(path), self.group_size, self.grid)
 
     def estimated_bytes(self) -> tf.Tensor:
         """Differentiable size in bytes of this layer's quantized weights (the float32 rest is constant)."""
@@ -281,7 +287,7 @@ class DiffQWrapper(_QuantWrapper):
     def get_config(self):
         return {**super().get_config(), "group_size": self.group_size, "min_bits": self.min_bits,
                 "max_bits": self.max_bits, "init_bits": self.init_bits, "noise": self.noise,
-                "penalty": self.penalty}
+                "grid": self.grid, "penalty": self.penalty}
 
 
 @keras.utils.register_keras_serializable(package="tfq_ext")
