@@ -1,0 +1,308 @@
+"""The stateful AdaComp compressor: per-replica residuals, the sparse exchange, and its byte counters.
+
+References:
+    Chen et al., "AdaComp: Adaptive Residual Gradient Compression for Data-Parallel Distributed Training",
+    AAAI 2018, arXiv 1712.02679.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+
+from tfq_ext._keras import tf
+from tfq_ext.ops import adacomp as ops
+
+__all__ = ["AdaComp", "DEFAULT_BIN_SIZES", "TopK", "check_strategy"]
+
+#: The paper's bin lengths: about 50 for conv kernels and 500 for fully-connected / recurrent matrices.
+#: Biases and normalization parameters are tiny; they use the conv length.
+DEFAULT_BIN_SIZES = {"conv": 50, "fc": 500, "other": 50}
+
+# get_strategy() outside any scope returns the process-wide default strategy object (one replica).
+_DEFAULT_STRATEGY = None if tf.distribute.has_strategy() else tf.distribute.get_strategy()
+_SUPPORTED = (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy,
+              tf.distribute.OneDeviceStrategy)
+# Layout of the float64 counter vector: steps, wire bytes, dense bytes, last step's wire bytes, then per
+# layer kind: elements, sent elements, encoded bits.
+_STEPS, _WIRE, _DENSE, _LAST = 0, 1, 2, 3
+_KIND_BASE = 4
+
+
+def check_strategy(strategy) -> None:
+    """Raises unless ``strategy`` is one AdaComp can exchange sparse updates with.
+
+    Supported: the default (no) strategy, ``OneDeviceStrategy``, ``MirroredStrategy`` and
+    ``MultiWorkerMirroredStrategy``: all keep one full copy of the weights per replica and offer
+    ``ReplicaContext.all_gather``. Parameter-server and central-storage strategies aggregate on other devices.
+    """
+    if strategy is _DEFAULT_STRATEGY or isinstance(strategy, _SUPPORTED):
+        return
+    raise TypeError(
+        "AdaComp exchanges sparse gradients with the all-gather collective of a replicated strategy; it supports "
+        "no strategy, OneDeviceStrategy, MirroredStrategy and MultiWorkerMirroredStrategy. Create the optimizer "
+        f"inside one of those scopes. Received: strategy={type(strategy).__name__}")
+
+
+def _components(variable):
+    """The local per-replica component variables of a (possibly distributed) variable."""
+    return tuple(getattr(variable, "values", (variable,)))
+
+
+class _Residual(tf.__internal__.tracking.Trackable):
+    """Checkpoints one layer's residuals: all local replicas' values, stacked (a plain sync-on-read variable
+    would save only the first replica's value and restore it into every replica)."""
+
+    def __init__(self, variable):
+        self.variable = variable
+
+    def _serialize_to_tensors(self):
+        return {"per_replica": tf.stack([c.read_value() for c in _components(self.variable)])}
+
+    def _restore_from_tensors(self, restored_tensors):
+        value = restored_tensors["per_replica"]
+        components = _components(self.variable)
+        if value.shape[0] != len(components):
+            # A different number of local replicas: spread the total residual mass evenly, so none is lost.
+            value = tf.repeat(tf.reduce_sum(value, 0, keepdims=True) / len(components), len(components), 0)
+        return tf.group([c.assign(value[i]) for i, c in enumerate(components)])
+
+
+class AdaComp(tf.Module):
+    """AdaComp: per-learner residual gradient compression with a self-adjusting rate per bin.
+
+    Forward rule per layer and learner: ``G += dW``; send ``sign(G_i) * scale`` where
+    ``|G_i + dW_i| >= max_{bin(i)} |G|`` (bins of ``L_T`` elements); ``G -= sent``. The sparse updates of all
+    learners are all-gathered as int32 ``sign * (index + 1)`` entries plus one count and one scale per layer,
+    and summed; the optimizer steps on the sum.
+
+    Use it through :func:`tfq_ext.distribute.with_adacomp`. Residuals are per replica and saved in checkpoints
+    (``tf.train.Checkpoint(model=..., optimizer=...)`` or ``model.save_weights``) so a restarted job loses no
+    gradient mass.
+
+    Args:
+        bin_sizes: ``L_T`` per layer kind (``"conv"``, ``"fc"``, ``"other"``); an int applies to all kinds and
+            a dict overrides :data:`DEFAULT_BIN_SIZES`.
+        residual: keep the unsent gradient (AdaComp). ``False`` is the no-residual ablation: unsent values are
+            dropped.
+        name: module name.
+
+    References:
+        arXiv 1712.02679.
+    """
+
+    def __init__(self, bin_sizes=None, *, residual: bool = True, name: str = "adacomp"):
+        super().__init__(name=name)
+        if not isinstance(residual, bool):
+            raise TypeError(f"`residual` must be a bool. Received: residual={residual!r}")
+        self.bin_sizes = _normalize_bin_sizes(bin_sizes)
+        self.residual = residual
+        self._slots = {}
+        self._state = None  # variables that are not checkpointed live in a plain (untracked) holder
+
+    def get_config(self) -> dict:
+        return {"bin_sizes": dict(self.bin_sizes), "residual": self.residual, "name": self.name}
+
+    # -- hooks --------------------------------------------------------------------------------------------
+    def select(self, accumulated: tf.Tensor, grad: tf.Tensor, kind: str) -> tf.Tensor:
+        """Which elements of the flat accumulated residual to send (AdaComp's per-bin rule)."""
+        return ops.adacomp_mask(accumulated, grad, self.bin_sizes[kind])
+
+    # -- state ----------------------------------------------------------------------------------------------
+    @property
+    def built(self) -> bool:
+        return self._state is not None
+
+    def build(self, var_list) -> None:
+        """Creates the per-replica residuals (zeros) and counters; call in cross-replica context."""
+        if self.built:
+            return
+        var_list = list(var_list)
+        names = set()
+        self._layers = []
+        for var in var_list:
+            key = re.sub(r"[^0-9A-Za-z_]", "_", var.name.split(":")[0])
+            while key in names:
+                key += "_"
+            names.add(key)
+            n = int(np.prod(var.shape))
+            self._layers.append((key, n, ops.layer_kind(var.shape)))
+            if self.residual:
+                with tf.init_scope():
+                    slot = tf.Variable(tf.zeros([n], var.dtype), trainable=False, name=f"adacomp_residual/{key}",
+                                       synchronization=tf.VariableSynchronization.ON_READ,
+                                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+                self._slots[key] = _Residual(slot)
+        with tf.init_scope():
+            counters = tf.Variable(tf.zeros([_KIND_BASE + 3 * len(ops.LAYER_KINDS)], tf.float64),
+                                   trainable=False, name="adacomp_counters",
+                                   synchronization=tf.VariableSynchronization.ON_READ,
+                                   aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self._state = _Holder(var_ids=[id(v) for v in var_list], counters=counters)
+
+    def residual_values(self) -> dict:
+        """``{layer key: array [local replicas, n]}`` of the current residuals (for tests and inspection)."""
+        return {k: np.stack([c.numpy() for c in _components(s.variable)]) for k, s in self._slots.items()}
+
+    # -- the exchange -----------------------------------------------------------------------------------
+    def exchange(self, grads_and_vars):
+        """Compresses this replica's gradients, all-gathers the sparse updates and returns their sum.
+
+        Must run in replica context (as ``Optimizer.aggregate_gradients`` does inside ``model.fit``).
+
+        Returns:
+            A list of ``(summed gradient, variable)`` pairs, identical on every replica.
+        """
+        ctx = tf.distribute.get_replica_context()
+        if ctx is None:
+            raise RuntimeError("AdaComp.exchange must be called in replica context (inside strategy.run or "
+                               "Optimizer.apply_gradients); it was called in cross-replica context.")
+        grads_and_vars = list(grads_and_vars)
+        live = [(g, v) for g, v in grads_and_vars if g is not None]
+        if not self.built:
+            variables = [v for _, v in live]
+            ctx.merge_call(lambda strategy: self._build_in(strategy, variables))
+        index = {vid: i for i, vid in enumerate(self._state.var_ids)}
+        layers, packed, counts, scales = [], [], [], []
+        for grad, var in live:
+            if id(var) not in index:
+                raise ValueError(f"AdaComp was built for other variables; got a gradient for {var.name!r}. Use "
+                                 "one compressor per optimizer and model.")
+            key, n, kind = self._layers[index[id(var)]]
+            flat = tf.reshape(tf.convert_to_tensor(grad), [-1])
+            slot = self._slots.get(key)
+            previous = slot.variable.read_value() if slot is not None else tf.zeros_like(flat)
+            accumulated = previous + flat
+            mask = self.select(accumulated, flat, kind)
+            sent, scale = ops.quantize_sent(accumulated, mask)
+            if slot is not None:
+                slot.variable.assign(accumulated - sent)
+            layers.append((n, kind, var, grad))
+            packed.append(ops.encode_sparse(accumulated, mask))
+            counts.append(tf.reduce_sum(tf.cast(mask, tf.int32)))
+            scales.append(tf.cast(scale, tf.float32))
+        if not layers:
+            return grads_and_vars
+        summed = self._all_gather_sum(ctx, layers, packed, counts, scales)
+        by_var = {id(var): s for (_, _, var, _), s in zip(layers, summed)}
+        return [(by_var.get(id(v), g), v) for g, v in grads_and_vars]
+
+    def _build_in(self, strategy, variables):
+        with strategy.scope():
+            self.build(variables)
+
+    def _all_gather_sum(self, ctx, layers, packed, counts, scales):
+        n_layers = len(layers)
+        replicas = ctx.num_replicas_in_sync
+        # Two collectives per step for the whole model: a header (counts, float32 scales as int32 bits) and the
+        # concatenated entries. all_gather accepts a different length per replica on axis 0.
+        header = tf.concat([tf.stack(counts), tf.bitcast(tf.stack(scales), tf.int32)], 0)
+        headers = tf.reshape(ctx.all_gather(header, axis=0), [replicas, 2 * n_layers])
+        body = ctx.all_gather(tf.concat(packed, 0), axis=0)
+        all_counts = headers[:, :n_layers]
+        all_scales = tf.reshape(tf.bitcast(headers[:, n_layers:], tf.float32), [-1])
+        segment = tf.repeat(tf.range(replicas * n_layers), tf.reshape(all_counts, [-1]))
+        parts = tf.dynamic_partition(body, segment % n_layers, n_layers)
+        part_scales = tf.dynamic_partition(tf.gather(all_scales, segment), segment % n_layers, n_layers)
+        summed = []
+        for i, (n, _, var, grad) in enumerate(layers):
+            dense = ops.decode_sparse_sum(parts[i], part_scales[i], n, var.dtype)
+            summed.append(tf.reshape(dense, var.shape))
+        self._count(layers, all_counts, n_layers)
+        return summed
+
+    def _count(self, layers, all_counts, n_layers):
+        """Adds this step's traffic to the counters (identical on every replica: it uses gathered counts)."""
+        counts = tf.cast(all_counts, tf.float64)
+        replicas = tf.cast(tf.shape(all_counts)[0], tf.float64)
+        # Per replica: the int32 header, and the entries padded to the longest replica's list (all_gather pads).
+        wire = 4.0 * 2 * n_layers + 4.0 * tf.reduce_max(tf.reduce_sum(counts, 1))
+        dense = 4.0 * float(sum(n for n, *_ in layers))
+        delta = [tf.constant(1.0, tf.float64), wire, tf.constant(dense, tf.float64), tf.constant(0.0, tf.float64)]
+        per_kind = {kind: [tf.constant(0.0, tf.float64)] * 3 for kind in ops.LAYER_KINDS}
+        for i, (n, kind, _, _) in enumerate(layers):
+            sent = tf.reduce_sum(counts[:, i])
+            bits = sent * (ops.encoded_bits(1, n) - 32) + 32.0 * replicas
+            elements, sent_total, bits_total = per_kind[kind]
+            per_kind[kind] = [elements + replicas * n, sent_total + sent, bits_total + bits]
+        for kind in ops.LAYER_KINDS:
+            delta.extend(per_kind[kind])
+        counters = self._state.counters
+        update = tf.stack(delta)
+        new = counters.read_value() + update
+        # The "last step" slot is overwritten, not accumulated.
+        new = tf.tensor_scatter_nd_update(new, [[_LAST]], tf.reshape(wire, [1]))
+        counters.assign(new)
+
+    def report(self) -> dict:
+        """Totals since training started: steps, bytes per replica and step (wire and dense), and per layer
+        kind the elements, sent elements, ratio of sent elements and compression with index bits counted."""
+        if not self.built:
+            return {"steps": 0}
+        c = _components(self._state.counters)[0].numpy()
+        out = {"steps": int(c[_STEPS]), "wire_bytes": float(c[_WIRE]), "dense_bytes": float(c[_DENSE]),
+               "last_step_wire_bytes": float(c[_LAST])}
+        steps = max(c[_STEPS], 1.0)
+        out["wire_bytes_per_step"] = c[_WIRE] / steps
+        out["dense_bytes_per_step"] = c[_DENSE] / steps
+        out["wire_reduction"] = c[_DENSE] / c[_WIRE] if c[_WIRE] else math.nan
+        for j, kind in enumerate(ops.LAYER_KINDS):
+            elements, sent, bits = c[_KIND_BASE + 3 * j: _KIND_BASE + 3 * j + 3]
+            if elements:
+                out.update({f"{kind}_elements": elements, f"{kind}_sent": sent, f"{kind}_bits": bits})
+                out[f"{kind}_sent_fraction"] = sent / elements
+                out[f"{kind}_compression"] = 32.0 * elements / bits
+        return out
+
+
+class TopK(AdaComp):
+    """Fixed-rate baseline: each learner sends the ``ceil(n / rate)`` largest ``|G|`` of each layer (with the
+    same residual and sign x scale quantization as AdaComp).
+
+    Args:
+        rates: compression ratio per layer kind (elements per sent element), e.g. AdaComp's measured rates.
+        residual: keep the unsent gradient.
+        name: module name.
+
+    References:
+        arXiv 1712.02679 (the fixed-rate comparison).
+    """
+
+    def __init__(self, rates: dict, *, residual: bool = True, name: str = "topk"):
+        super().__init__(residual=residual, name=name)
+        if not isinstance(rates, dict) or set(rates) - set(ops.LAYER_KINDS):
+            raise ValueError(f"`rates` must be a dict with keys among {ops.LAYER_KINDS}. Received: rates={rates!r}")
+        for kind, rate in rates.items():
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate >= 1:
+                raise ValueError(f"`rates[{kind!r}]` must be a number >= 1. Received: {rate!r}")
+        self.rates = {kind: float(rates.get(kind, 1.0)) for kind in ops.LAYER_KINDS}
+
+    def get_config(self) -> dict:
+        return {"rates": dict(self.rates), "residual": self.residual, "name": self.name}
+
+    def select(self, accumulated, grad, kind):
+        n = int(accumulated.shape[0])
+        return ops.topk_mask(accumulated, max(1, math.ceil(n / self.rates[kind])))
+
+
+class _Holder:
+    """A plain attribute bag: tf.Module does not track what it holds, so it is not checkpointed."""
+
+    def __init__(self, **kwargs):
+        self.__dict__.update(kwargs)
+
+
+def _normalize_bin_sizes(bin_sizes) -> dict:
+    if bin_sizes is None:
+        return dict(DEFAULT_BIN_SIZES)
+    if isinstance(bin_sizes, dict):
+        unknown = set(bin_sizes) - set(ops.LAYER_KINDS)
+        if unknown:
+            raise ValueError(f"`bin_sizes` keys must be among {ops.LAYER_KINDS}. Received: bin_sizes={bin_sizes!r}")
+        out = dict(DEFAULT_BIN_SIZES)
+        out.update({k: ops.validate_bin_size(v, f"bin_sizes[{k!r}]") for k, v in bin_sizes.items()})
+        return out
+    size = ops.validate_bin_size(bin_sizes, "bin_sizes")
+    return {kind: size for kind in ops.LAYER_KINDS}

@@ -1,0 +1,85 @@
+"""Keras integration: an optimizer whose gradient aggregation is AdaComp's sparse exchange, so ``model.fit``
+inside a ``MirroredStrategy`` / ``MultiWorkerMirroredStrategy`` scope sends only sparse updates.
+
+tf_keras optimizers call ``aggregate_gradients`` (documented as the method to override for custom
+aggregation) in replica context before applying the update; by default it all-reduces dense gradients. The
+wrapper replaces exactly that step and leaves the update rule (SGD, momentum, Adam, ...) untouched.
+
+References:
+    Chen et al., "AdaComp", AAAI 2018, arXiv 1712.02679.
+"""
+
+from __future__ import annotations
+
+from tfq_ext._keras import is_keras3_object, keras, tf
+from tfq_ext.distribute.compressor import AdaComp, check_strategy
+
+__all__ = ["with_adacomp"]
+
+_CLASSES: dict = {}
+
+
+class _AdaCompAggregation:
+    """Mixin placed before a tf_keras optimizer class: aggregation through ``self.adacomp``."""
+
+    def aggregate_gradients(self, grads_and_vars):
+        check_strategy(self._distribution_strategy)
+        return self.adacomp.exchange(grads_and_vars)
+
+
+def _subclass(cls):
+    # One subclass per optimizer class keeps isinstance(opt, keras.optimizers.SGD) etc. true.
+    if cls not in _CLASSES:
+        _CLASSES[cls] = type(f"AdaComp{cls.__name__}", (_AdaCompAggregation, cls), {})
+    return _CLASSES[cls]
+
+
+def with_adacomp(optimizer, compressor: AdaComp | None = None, **compressor_kwargs):
+    """Returns a copy of ``optimizer`` that exchanges AdaComp-compressed sparse gradients between replicas.
+
+    Forward rule per step: each replica compresses its gradient with its own residual (see :class:`AdaComp`),
+    the sparse (index, sign) entries and per-layer scales of all replicas are all-gathered, summed, and the
+    wrapped optimizer's update rule is applied to the sum.
+
+    Create it inside the strategy scope, like any optimizer::
+
+        with strategy.scope():
+            model = make_model()
+            model.compile(with_adacomp(keras.optimizers.SGD(0.05, momentum=0.9)), loss, metrics)
+        model.fit(dataset, callbacks=[AdaCompLogger()])
+
+    Args:
+        optimizer: a tf_keras optimizer (``keras.optimizers.Optimizer``); its config is copied.
+        compressor: an :class:`AdaComp` (or subclass) instance; default ``AdaComp(**compressor_kwargs)``.
+        **compressor_kwargs: passed to :class:`AdaComp` when ``compressor`` is not given.
+
+    Returns:
+        An optimizer of a subclass of ``type(optimizer)``; the compressor is ``result.adacomp`` and is
+        saved with the optimizer in checkpoints.
+
+    Raises:
+        TypeError: ``optimizer`` is not a tf_keras optimizer, ``compressor`` is not an AdaComp, or the current
+            strategy is unsupported.
+
+    References:
+        arXiv 1712.02679.
+    """
+    if is_keras3_object(optimizer) or not isinstance(optimizer, keras.optimizers.Optimizer):
+        raise TypeError("`optimizer` must be a tf_keras optimizer (keras.optimizers.Optimizer from "
+                        "`from tfq_ext._keras import keras`; legacy and Keras 3 optimizers are not supported). "
+                        f"Received: optimizer={optimizer!r} (type {type(optimizer).__name__})")
+    if compressor is not None and compressor_kwargs:
+        raise ValueError("Pass either `compressor` or AdaComp keyword arguments, not both. "
+                         f"Received: compressor={compressor!r}, kwargs={compressor_kwargs!r}")
+    if compressor is None:
+        compressor = AdaComp(**compressor_kwargs)
+    elif not isinstance(compressor, AdaComp):
+        raise TypeError(f"`compressor` must be an AdaComp instance. Received: compressor={compressor!r} "
+                        f"(type {type(compressor).__name__})")
+    check_strategy(tf.distribute.get_strategy())
+    base = type(optimizer)
+    if isinstance(optimizer, _AdaCompAggregation):
+        base = base.__mro__[2]
+    wrapped = _subclass(base).from_config(optimizer.get_config())
+    wrapped.adacomp = compressor
+    return wrapped
