@@ -8,8 +8,15 @@ import pytest
 
 from tfq_ext import model_size
 from tfq_ext._keras import keras, tf
-from tfq_ext.kq import (KQConv2D, KQDepthwiseConv2D, choose_codewords, conv_bits, kq_bits, quantize_kernels,
-                        to_dense_model)
+from tfq_ext.kq import (
+    KQConv2D,
+    KQDepthwiseConv2D,
+    choose_codewords,
+    conv_bits,
+    kq_bits,
+    quantize_kernels,
+    to_dense_model,
+)
 from tfq_ext.ops.blocks import from_blocks, to_blocks
 from tfq_ext.ops.kmeans import assign
 
@@ -228,3 +235,16 @@ def test_set_codebook_validates():
         layer.set_codebook(np.zeros((3, 9)), np.zeros(8, int))
     with pytest.raises(ValueError, match="indices"):
         layer.set_codebook(np.zeros((4, 9)), np.full(8, 4))
+
+
+def test_functional_residual_model_with_depthwise():
+    inputs = keras.Input((8, 8, 4))
+    h = L.Conv2D(16, 3, padding="same", activation="relu", name="a")(inputs)
+    d = L.DepthwiseConv2D(3, padding="same", depth_multiplier=2, name="dw")(h)
+    out = L.Add()([L.Conv2D(32, 3, padding="same", name="b")(h), d])
+    model = keras.Model(inputs, L.Dense(3)(L.GlobalAveragePooling2D()(out)))
+    kq, report = quantize_kernels(model, n_codewords={"b": 8, "dw": 4}, min_kernels=32, verbose=0)
+    assert isinstance(kq.get_layer("b"), KQConv2D) and isinstance(kq.get_layer("dw"), KQDepthwiseConv2D)
+    assert isinstance(kq.get_layer("a"), L.Conv2D) and set(report["layers"]) == {"b", "dw"}
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 4)).astype("float32")
+    np.testing.assert_allclose(to_dense_model(kq).predict(x, verbose=0), kq.predict(x, verbose=0), atol=1e-5)

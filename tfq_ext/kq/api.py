@@ -14,7 +14,8 @@ References: Yu et al. 2020, arXiv 2003.05148 (KQ).
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterator, List, Optional, Sequence, Union
+import numbers
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -76,7 +77,7 @@ def conv_bits(model: keras.Model, kept_bits: int = 8) -> dict:
     """
     model = ensure_tf_keras_model(model, "model")
     kept_bits = _check_kept_bits(kept_bits)
-    layers: Dict[str, dict] = {}
+    layers: dict[str, dict] = {}
     for layer in _walk(model.layers):
         if isinstance(layer, KQ_LAYERS):
             n, bits, method = int(np.prod(layer.kernel_shape)), layer.kernel_bits(), f"kq K={layer.n_codewords}"
@@ -94,12 +95,12 @@ def conv_bits(model: keras.Model, kept_bits: int = 8) -> dict:
 def _codeword_cap(n_kernels: int) -> int:
     # At least 4 kernels per codeword (as iPQ), rounded down to a power of two so that indices use whole bits.
     k = clamp_k(n_kernels, n_kernels)
-    return 1 << int(math.floor(math.log2(k)))
+    return 1 << math.floor(math.log2(k))
 
 
 def choose_codewords(model: keras.Model, bits_per_weight: float = DEFAULT_BITS_PER_WEIGHT, *,
                      codebook_bits: int = 6, min_kernels: int = 128, kept_bits: int = 8,
-                     exclude: Sequence[str] = ()) -> Dict[str, Optional[int]]:
+                     exclude: Sequence[str] = ()) -> dict[str, int | None]:
     """K per conv layer so that the whole model's bits per conv weight stay within ``bits_per_weight``.
 
     Conv layers with fewer than ``min_kernels`` kernels (first convs with 1-3 input channels), 1x1 convs and
@@ -113,7 +114,7 @@ def choose_codewords(model: keras.Model, bits_per_weight: float = DEFAULT_BITS_P
     model = ensure_tf_keras_model(model, "model")
     kept_bits = _check_kept_bits(kept_bits)
     codebook_bits = check_codebook_bits(codebook_bits)
-    if isinstance(bits_per_weight, bool) or not isinstance(bits_per_weight, (int, float)) \
+    if isinstance(bits_per_weight, bool) or not isinstance(bits_per_weight, numbers.Real) \
             or not 0 < bits_per_weight <= 32 or not math.isfinite(bits_per_weight):
         raise ValueError(f"`bits_per_weight` must be a number in (0, 32]. Received: "
                          f"bits_per_weight={bits_per_weight!r}")
@@ -127,14 +128,16 @@ def choose_codewords(model: keras.Model, bits_per_weight: float = DEFAULT_BITS_P
     budget = bits_per_weight * sum(weights.values())
     n_quant = sum(weights[n] for n in convs)
     per_weight = (budget - fixed) / n_quant
-    chosen: Dict[str, int] = {}
+    chosen: dict[str, int] = {}
     for name, layer in convs.items():
         shape = _shape(layer)
         n_kernels, dim = num_blocks("conv", shape, 1), shape[0] * shape[1]
-        k, cap = 2, _codeword_cap(n_kernels)
-        if kq_bits(n_kernels, dim, 2, codebook_bits) > per_weight * weights[name]:
-            minimum = (fixed + sum(kq_bits(num_blocks("conv", _shape(c), 1), _shape(c)[0] * _shape(c)[1], 2,
-                                           codebook_bits) for c in convs.values())) / sum(weights.values())
+        cap = _codeword_cap(n_kernels)
+        k = min(2, cap)  # a layer of fewer than 8 kernels (only with a small min_kernels) gets one codeword
+        if kq_bits(n_kernels, dim, k, codebook_bits) > per_weight * weights[name]:
+            smallest = [(num_blocks("conv", _shape(c), 1), _shape(c)[0] * _shape(c)[1]) for c in convs.values()]
+            minimum = (fixed + sum(kq_bits(n, d, min(2, _codeword_cap(n)), codebook_bits) for n, d in smallest)) \
+                / sum(weights.values())
             raise ValueError(f"`bits_per_weight` is too small: even K=2 codewords in every quantized layer need "
                              f"{minimum:.3f} bits per conv weight (kept layers counted at {kept_bits} bits). "
                              f"Received: bits_per_weight={bits_per_weight}")
@@ -159,7 +162,7 @@ def choose_codewords(model: keras.Model, bits_per_weight: float = DEFAULT_BITS_P
     return {name: chosen.get(name) for name in counted}
 
 
-def _eligible(model, min_kernels, exclude, require: bool) -> Dict[str, keras.layers.Layer]:
+def _eligible(model, min_kernels, exclude, require: bool) -> dict[str, keras.layers.Layer]:
     if isinstance(min_kernels, bool) or not isinstance(min_kernels, int) or min_kernels < 1:
         raise ValueError(f"`min_kernels` must be a positive int. Received: min_kernels={min_kernels!r}")
     if isinstance(exclude, str) or not all(isinstance(n, str) for n in exclude):
@@ -204,15 +207,15 @@ def _rebuild(model: keras.Model, replace) -> keras.Model:
 
 def _kq_layer(layer, k: int, codebook_bits: int):
     cfg = layer.get_config()
-    common = dict(strides=cfg["strides"], padding=cfg["padding"], dilation_rate=cfg["dilation_rate"],
-                  n_codewords=k, codebook_bits=codebook_bits, activation=cfg["activation"],
-                  use_bias=cfg["use_bias"], name=layer.name)
+    common = {"strides": cfg["strides"], "padding": cfg["padding"], "dilation_rate": cfg["dilation_rate"],
+              "n_codewords": k, "codebook_bits": codebook_bits, "activation": cfg["activation"],
+              "use_bias": cfg["use_bias"], "name": layer.name}
     if isinstance(layer, keras.layers.DepthwiseConv2D):
         return KQDepthwiseConv2D(cfg["kernel_size"], depth_multiplier=cfg["depth_multiplier"], **common)
     return KQConv2D(cfg["filters"], cfg["kernel_size"], **common)
 
 
-def _check_codewords(n_codewords, convs) -> Dict[str, int]:
+def _check_codewords(n_codewords, convs) -> dict[str, int]:
     if isinstance(n_codewords, dict):
         unknown = sorted(set(n_codewords) - set(convs))
         if unknown:
@@ -229,8 +232,8 @@ def _check_codewords(n_codewords, convs) -> Dict[str, int]:
     return {name: int(k) for name, k in wanted.items()}
 
 
-def quantize_kernels(model: keras.Model, x=None, y=None, *, bits_per_weight: Optional[float] = None,
-                     n_codewords: Union[int, Dict[str, int], None] = None, codebook_bits: int = 6,
+def quantize_kernels(model: keras.Model, x=None, y=None, *, bits_per_weight: float | None = None,
+                     n_codewords: int | dict[str, int] | None = None, codebook_bits: int = 6,
                      min_kernels: int = 128, kept_bits: int = 8, exclude: Sequence[str] = (), n_iter: int = 20,
                      finetune_epochs: float = 1.0, batch_size: int = 128, optimizer=None, loss=None,
                      metrics=("accuracy",), train_other_layers: bool = True, validation_data=None, seed: int = 0,
@@ -350,15 +353,15 @@ def to_dense_model(model: keras.Model) -> keras.Model:
     them identical in the file too (per-channel scales would not).
     """
     model = ensure_tf_keras_model(model, "model")
-    weights: Dict[str, List[np.ndarray]] = {}
+    weights: dict[str, list[np.ndarray]] = {}
 
     def replace(layer):
         if not isinstance(layer, KQ_LAYERS):
             return None
         weights[layer.name] = [layer.kq_kernel().numpy()] + ([layer.bias.numpy()] if layer.use_bias else [])
-        common = dict(strides=layer.strides, padding=layer.padding, dilation_rate=layer.dilation_rate,
-                      activation=keras.activations.serialize(layer.activation), use_bias=layer.use_bias,
-                      name=layer.name)
+        common = {"strides": layer.strides, "padding": layer.padding, "dilation_rate": layer.dilation_rate,
+                  "activation": keras.activations.serialize(layer.activation), "use_bias": layer.use_bias,
+                  "name": layer.name}
         if isinstance(layer, KQDepthwiseConv2D):
             return keras.layers.DepthwiseConv2D(layer.kernel_size, depth_multiplier=layer.depth_multiplier, **common)
         return keras.layers.Conv2D(layer.filters, layer.kernel_size, **common)

@@ -17,8 +17,6 @@ References: Yu et al. 2020, arXiv 2003.05148 (KQ); Stock et al. 2020, arXiv 1907
 
 from __future__ import annotations
 
-from typing import List, Tuple
-
 import numpy as np
 
 from tfq_ext._keras import keras, tf
@@ -27,8 +25,15 @@ from tfq_ext.ops.codebook import gather_mean_grad
 from tfq_ext.ops.fake_quant import fake_quant, qrange, symmetric_range
 from tfq_ext.ops.size import TensorSize, index_bits, packed_bytes
 
-__all__ = ["KQConv2D", "KQDepthwiseConv2D", "KQ_LAYERS", "CODEBOOK_BITS_RANGE", "SCALE_BITS", "kq_bits",
-           "check_codebook_bits"]
+__all__ = [
+    "CODEBOOK_BITS_RANGE",
+    "KQ_LAYERS",
+    "SCALE_BITS",
+    "KQConv2D",
+    "KQDepthwiseConv2D",
+    "check_codebook_bits",
+    "kq_bits",
+]
 
 CODEBOOK_BITS_RANGE = (2, 8)
 SCALE_BITS = 32  # one float32 scale per layer for the quantized codebook
@@ -57,7 +62,7 @@ def kq_bits(n_kernels: int, kernel_dim: int, n_codewords: int, codebook_bits: in
         + SCALE_BITS
 
 
-def _pair(value, name: str) -> Tuple[int, int]:
+def _pair(value, name: str) -> tuple[int, int]:
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return int(value), int(value)
     try:
@@ -90,7 +95,7 @@ class _KQMixin:
         self.activation = keras.activations.get(activation)
         self.use_bias = bool(use_bias)
 
-    def _build_kq(self, kernel_shape: Tuple[int, ...], n_outputs: int) -> None:
+    def _build_kq(self, kernel_shape: tuple[int, ...], n_outputs: int) -> None:
         self.kernel_shape = tuple(int(s) for s in kernel_shape)
         self.kernel_dim = self.kernel_shape[0] * self.kernel_shape[1]
         self.n_kernels = num_blocks("conv", self.kernel_shape, 1)
@@ -140,7 +145,7 @@ class _KQMixin:
         """Exact bits of the kernel storage (see :func:`kq_bits`)."""
         return kq_bits(self.n_kernels, self.kernel_dim, self.n_codewords, self.codebook_bits)
 
-    def size_entries(self) -> List[TensorSize]:
+    def size_entries(self) -> list[TensorSize]:
         """Bytes of the packed indices, the packed codebook + float32 scale, and the float32 bias."""
         entries = [TensorSize(self.name, "kernel", int(np.prod(self.kernel_shape)), "kq",
                               index_bytes=packed_bytes(self.n_kernels, index_bits(self.n_codewords)),
