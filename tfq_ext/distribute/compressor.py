@@ -140,7 +140,8 @@ class AdaComp(tf.Module):
                                    trainable=False, name="adacomp_counters",
                                    synchronization=tf.VariableSynchronization.ON_READ,
                                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        self._state = _Holder(var_ids=[id(v) for v in var_list], counters=counters)
+        self._state = _Holder(var_ids={id(v): i for i, v in enumerate(var_list)},
+                              var_names={v.name: i for i, v in enumerate(var_list)}, counters=counters)
 
     def residual_values(self) -> dict:
         """``{layer key: array [local replicas, n]}`` of the current residuals (for tests and inspection)."""
@@ -164,13 +165,9 @@ class AdaComp(tf.Module):
         if not self.built:
             variables = [v for _, v in live]
             ctx.merge_call(lambda strategy: self._build_in(strategy, variables))
-        index = {vid: i for i, vid in enumerate(self._state.var_ids)}
         layers, packed, counts, scales = [], [], [], []
         for grad, var in live:
-            if id(var) not in index:
-                raise ValueError(f"AdaComp was built for other variables; got a gradient for {var.name!r}. Use "
-                                 "one compressor per optimizer and model.")
-            key, n, kind = self._layers[index[id(var)]]
+            key, n, kind = self._layers[self._layer_index(var)]
             flat = tf.reshape(tf.convert_to_tensor(grad), [-1])
             slot = self._slots.get(key)
             previous = slot.variable.read_value() if slot is not None else tf.zeros_like(flat)
@@ -188,6 +185,16 @@ class AdaComp(tf.Module):
         summed = self._all_gather_sum(ctx, layers, packed, counts, scales)
         by_var = {id(var): s for (_, _, var, _), s in zip(layers, summed)}
         return [(by_var.get(id(v), g), v) for g, v in grads_and_vars]
+
+    def _layer_index(self, var) -> int:
+        index = self._state.var_ids.get(id(var))
+        if index is None:
+            # build() may have been called with other wrapper objects of the same variables: match by name.
+            index = self._state.var_names.get(var.name)
+        if index is None:
+            raise ValueError(f"AdaComp was built for other variables; got a gradient for {var.name!r}. Use one "
+                             "compressor per optimizer and model.")
+        return index
 
     def _build_in(self, strategy, variables):
         with strategy.scope():
