@@ -1,0 +1,133 @@
+"""tfq_ext.distribute in-process: argument errors, unsupported strategies, and AdaComp without a strategy."""
+
+import numpy as np
+import pytest
+
+from tfq_ext._keras import keras, tf
+from tfq_ext.distribute import AdaComp, AdaCompLogger, TopK, check_strategy, with_adacomp
+
+
+def _model():
+    return keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, name="conv"),
+                             keras.layers.Flatten(), keras.layers.Dense(10, name="fc")])
+
+
+def test_unsupported_strategy_is_a_clear_error():
+    strategy = tf.distribute.experimental.CentralStorageStrategy()
+    with strategy.scope():
+        with pytest.raises(TypeError, match="Received: strategy=CentralStorageStrategy"):
+            with_adacomp(keras.optimizers.SGD(0.1))
+    with pytest.raises(TypeError, match="MultiWorkerMirroredStrategy"):
+        check_strategy(strategy)
+
+
+def test_supported_strategies_pass():
+    check_strategy(tf.distribute.get_strategy())  # the default (no) strategy
+    check_strategy(tf.distribute.OneDeviceStrategy("/cpu:0"))
+    check_strategy(tf.distribute.MirroredStrategy(["/cpu:0"]))
+
+
+@pytest.mark.parametrize("optimizer", [keras.optimizers.legacy.SGD(0.1), "sgd", None],
+                         ids=["legacy", "string", "none"])
+def test_with_adacomp_rejects_non_optimizers(optimizer):
+    with pytest.raises(TypeError, match="`optimizer` must be a tf_keras optimizer.*Received: optimizer="):
+        with_adacomp(optimizer)
+
+
+def test_with_adacomp_argument_errors():
+    with pytest.raises(TypeError, match="`compressor` must be an AdaComp instance. Received: compressor=3"):
+        with_adacomp(keras.optimizers.SGD(0.1), compressor=3)
+    with pytest.raises(ValueError, match="either `compressor` or AdaComp keyword arguments"):
+        with_adacomp(keras.optimizers.SGD(0.1), compressor=AdaComp(), residual=False)
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({"bin_sizes": 0}, ValueError, r"bin_sizes.*>= 1. Received: bin_sizes=0"),
+    ({"bin_sizes": 2.5}, TypeError, r"positive integer. Received: bin_sizes=2.5"),
+    ({"bin_sizes": {"lstm": 500}}, ValueError, r"keys must be among .*Received: bin_sizes=\{'lstm': 500\}"),
+    ({"bin_sizes": {"fc": -1}}, ValueError, r"bin_sizes\['fc'\].*Received: bin_sizes\['fc'\]=-1"),
+    ({"residual": "yes"}, TypeError, r"`residual` must be a bool. Received: residual='yes'"),
+], ids=["zero", "float", "unknown_kind", "negative_fc", "residual_str"])
+def test_adacomp_argument_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        AdaComp(**kwargs)
+
+
+@pytest.mark.parametrize("rates", [{"conv": 0.5}, {"rnn": 10}, [10]], ids=["below_one", "unknown", "list"])
+def test_topk_rate_errors(rates):
+    with pytest.raises(ValueError, match="rates"):
+        TopK(rates)
+
+
+def test_logger_errors():
+    with pytest.raises(TypeError, match="Received: compressor=3"):
+        AdaCompLogger(compressor=3)
+    model = _model()
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    logger = AdaCompLogger()
+    logger.set_model(model)
+    with pytest.raises(ValueError, match="found no compressor"):
+        logger.on_train_begin()
+
+
+def test_exchange_needs_replica_context():
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        var = tf.Variable(tf.zeros([3]))
+    with pytest.raises(RuntimeError, match="replica context"):
+        with strategy.scope():
+            AdaComp().exchange([(tf.ones([3]), var)])
+
+
+def test_bin_sizes_defaults_and_int():
+    assert AdaComp().bin_sizes == {"conv": 50, "fc": 500, "other": 50}
+    assert AdaComp(7).bin_sizes == {"conv": 7, "fc": 7, "other": 7}
+    assert AdaComp({"fc": 100}).get_config()["bin_sizes"]["fc"] == 100
+
+
+def test_fit_without_strategy_and_checkpoint_round_trip(digits, tmp_path):
+    model = _model()
+    optimizer = with_adacomp(keras.optimizers.Adam(1e-2), bin_sizes={"conv": 8, "fc": 64})
+    assert isinstance(optimizer, keras.optimizers.Adam) and optimizer.learning_rate.numpy() == np.float32(1e-2)
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    logger = AdaCompLogger()
+    history = model.fit(digits.x_train[:512], digits.y_train[:512], batch_size=64, epochs=2, verbose=0,
+                        callbacks=[logger])
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    report = optimizer.adacomp.report()
+    assert report["steps"] == 16 and report["wire_reduction"] > 1
+    assert [e["steps"] for e in logger.epochs] == [8, 8]
+    residuals = optimizer.adacomp.residual_values()
+    path = tf.train.Checkpoint(model=model, optimizer=optimizer).write(str(tmp_path / "ckpt"))
+
+    fresh = _model()
+    fresh_opt = with_adacomp(keras.optimizers.Adam(1e-2), bin_sizes={"conv": 8, "fc": 64})
+    fresh.compile(fresh_opt, "mse")
+    tf.train.Checkpoint(model=fresh, optimizer=fresh_opt).read(path).expect_partial()
+    fresh_opt.adacomp.build(fresh.trainable_variables)
+    restored = fresh_opt.adacomp.residual_values()
+    assert set(restored) == set(residuals)
+    for key in residuals:
+        np.testing.assert_array_equal(restored[key], residuals[key])
+
+
+def test_no_residual_ablation_keeps_no_state(digits):
+    compressor = AdaComp(residual=False)
+    model = _model()
+    model.compile(with_adacomp(keras.optimizers.SGD(0.05), compressor=compressor),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(digits.x_train[:256], digits.y_train[:256], batch_size=64, epochs=1, verbose=0)
+    assert compressor.report()["steps"] == 4
+    assert compressor.residual_values() == {}
+
+
+def test_topk_sends_a_fixed_number_per_layer(digits):
+    compressor = TopK({"conv": 4, "fc": 50})
+    model = _model()
+    model.compile(with_adacomp(keras.optimizers.SGD(0.05), compressor=compressor),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(digits.x_train[:256], digits.y_train[:256], batch_size=64, epochs=1, verbose=0)
+    report = compressor.report()
+    # 4 steps; conv kernel 36 -> ceil(36 / 4) = 9; fc kernel 144 * 10 -> ceil(1440 / 50) = 29; biases (kind
+    # "other", rate 1) send all of their 4 + 10 elements.
+    assert (report["conv_sent"], report["fc_sent"], report["other_sent"]) == (4 * 9, 4 * 29, 4 * 14)
