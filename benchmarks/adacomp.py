@@ -1,0 +1,173 @@
+"""AdaComp vs dense all-reduce vs a no-residual ablation vs fixed top-k, Fashion-MNIST CNN, 4 learners.
+
+Arms, all from the same architecture, seed, data order and optimizer (SGD, momentum 0.9), under a
+``MirroredStrategy`` over 4 logical CPU devices (4 learners, global batch 128):
+  dense           the strategy's default all-reduce of float32 gradients
+  adacomp         AdaComp, L_T = 50 for conv kernels, 500 for fully-connected (biases: 50)
+  no_residual     the same selection rule, unsent values dropped (the paper's ablation)
+  topk            fixed top-k per layer at adacomp's measured average rate per layer kind, with residual
+  adacomp_LT...   optional sweep of the bin lengths
+Reported per arm: test accuracy, compression per layer kind (index bits counted, see
+``tfq_ext.ops.adacomp.encoded_bits``) and the bytes each learner really sends per step through the all-gather
+(int32 entries padded to the longest learner's list, plus a header), against the dense float32 bytes.
+
+The logical devices must be configured before TensorFlow initialises them, so ``main`` runs the arms in a
+fresh Python process. Run with ``python -m benchmarks.run --only adacomp [--quick]``.
+
+References:
+    Chen et al., "AdaComp", AAAI 2018, arXiv 1712.02679.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SEED = 0
+BATCH = 128
+LEARNERS = 4
+LR = 0.05
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def build_cnn(keras):
+    layers = keras.layers
+    return keras.Sequential([
+        keras.Input((28, 28, 1)),
+        layers.Conv2D(32, 3, padding="same", activation="relu", name="conv1"), layers.MaxPooling2D(),
+        layers.Conv2D(64, 3, padding="same", activation="relu", name="conv2"), layers.MaxPooling2D(),
+        layers.Flatten(), layers.Dense(256, activation="relu", name="fc1"), layers.Dense(10, name="logits"),
+    ], name="fmnist_adacomp_cnn")
+
+
+def _arms(quick: bool) -> list:
+    arms = [("dense", None), ("adacomp", {"bin_sizes": {"conv": 50, "fc": 500, "other": 50}}),
+            ("no_residual", {"bin_sizes": {"conv": 50, "fc": 500, "other": 50}, "residual": False}),
+            ("topk", "matched")]
+    if not quick:
+        arms += [("adacomp_LT25_250", {"bin_sizes": {"conv": 25, "fc": 250, "other": 25}}),
+                 ("adacomp_LT100_1000", {"bin_sizes": {"conv": 100, "fc": 1000, "other": 100}})]
+    return arms
+
+
+def run_arms(quick: bool) -> dict:
+    """Trains every arm in this process (which must not have initialised TensorFlow's devices yet)."""
+    from tfq_ext._keras import keras, tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * LEARNERS)
+    import numpy as np
+
+    from tfq_ext.data import load_fashion_mnist
+    from tfq_ext.distribute import AdaComp, AdaCompLogger, TopK, with_adacomp
+
+    data = load_fashion_mnist(limit_train=12000 if quick else None)
+    x, y, xt, yt = data.x_train, data.y_train, data.x_test, data.y_test
+    if quick:
+        xt, yt = xt[:2000], yt[:2000]
+    epochs = 2 if quick else 8
+    strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(LEARNERS)])
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    results = {}
+    for name, spec in _arms(quick):
+        keras.utils.set_random_seed(SEED)
+        dataset = (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=SEED)
+                   .batch(BATCH, drop_remainder=True).with_options(options))
+        with strategy.scope():
+            model = build_cnn(keras)
+            optimizer = keras.optimizers.SGD(LR, momentum=0.9)
+            compressor = None
+            if spec == "matched":
+                rates = {k: 1.0 / max(v, 1e-12) for k, v in results["adacomp"]["sent_fraction"].items()}
+                compressor = TopK(rates)
+            elif spec is not None:
+                compressor = AdaComp(**spec)
+            if compressor is not None:
+                optimizer = with_adacomp(optimizer, compressor=compressor)
+            model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                          metrics=["accuracy"])
+        callbacks = [AdaCompLogger()] if compressor is not None else []
+        log(f"{name}: {epochs} epochs on {len(x)} images, {LEARNERS} learners")
+        start = time.perf_counter()
+        history = model.fit(dataset, epochs=epochs, verbose=0, callbacks=callbacks)
+        seconds = time.perf_counter() - start
+        accuracy = float(np.mean(np.argmax(model.predict(xt, batch_size=1024, verbose=0), 1) == yt))
+        n_params = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+        row = {"accuracy": accuracy, "train_loss": [float(v) for v in history.history["loss"]],
+               "seconds": round(seconds, 1), "dense_bytes_per_step": 4.0 * n_params}
+        if compressor is None:
+            row.update(wire_bytes_per_step=4.0 * n_params, wire_reduction=1.0)
+        else:
+            report = compressor.report()
+            kinds = [k for k in ("conv", "fc", "other") if f"{k}_compression" in report]
+            row.update(wire_bytes_per_step=report["wire_bytes_per_step"], wire_reduction=report["wire_reduction"],
+                       compression={k: report[f"{k}_compression"] for k in kinds},
+                       sent_fraction={k: report[f"{k}_sent_fraction"] for k in kinds},
+                       per_epoch=callbacks[0].epochs)
+            if isinstance(compressor, TopK):
+                row["rates"] = compressor.rates
+        results[name] = row
+        log(f"  accuracy {accuracy:.4f}, {row['wire_bytes_per_step']:.0f} bytes/learner/step "
+            f"({row['wire_reduction']:.1f}x less than dense), compression {row.get('compression')}, "
+            f"{seconds:.0f} s")
+    return {"train_images": len(x), "test_images": len(xt), "epochs": epochs, "learners": LEARNERS,
+            "global_batch": BATCH, "optimizer": f"SGD(lr={LR}, momentum=0.9)", "results": results}
+
+
+def main(out_dir, quick: bool = False, command: str = "") -> dict:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    raw = out_dir / "adacomp.raw.json"
+    # A fresh process: the 4 logical devices cannot be configured once TensorFlow has initialised its devices.
+    subprocess.run([sys.executable, "-m", "benchmarks.adacomp", str(raw)] + (["--quick"] if quick else []),
+                   env=env, cwd=root, check=True)
+    setup = json.loads(raw.read_text())
+    raw.unlink()
+    results = setup.pop("results")
+    import tensorflow as tf
+
+    report = {"benchmark": "adacomp", "quick": quick, "command": command,
+              "date": datetime.datetime.now().isoformat(timespec="seconds"),
+              "machine": {"platform": platform.platform(), "tensorflow": tf.__version__, "cpus": os.cpu_count()},
+              "setup": setup, "results": results, "seconds": round(time.perf_counter() - t0, 1)}
+    (out_dir / "adacomp.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "adacomp.md").write_text(_table(report))
+    print(_table(report), flush=True)
+    return report
+
+
+def _table(report) -> str:
+    setup = report["setup"]
+    lines = [f"Fashion-MNIST CNN, {setup['learners']} learners (MirroredStrategy over logical CPUs), "
+             f"{setup['train_images']} train / {setup['test_images']} test images, {setup['epochs']} epochs, "
+             f"{setup['optimizer']}, global batch {setup['global_batch']}. Compression counts index bits; "
+             "bytes are what each learner sends per step (int32 entries + header vs float32 dense).", "",
+             "| arm | accuracy | conv compression | fc compression | bias compression | bytes/learner/step | "
+             "vs dense |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, row in report["results"].items():
+        comp = row.get("compression", {})
+        cells = [f"{comp[k]:.0f}x" if k in comp else "1x" for k in ("conv", "fc", "other")]
+        lines.append(f"| {name} | {row['accuracy']:.4f} | {' | '.join(cells)} | {row['wire_bytes_per_step']:.0f} | "
+                     f"{row['wire_reduction']:.1f}x |")
+    lines.append("")
+    lines.append(f"Command: `{report['command']}`; {report['seconds']} s.")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    out = run_arms(quick="--quick" in sys.argv[2:])
+    Path(sys.argv[1]).write_text(json.dumps(out, default=float))
