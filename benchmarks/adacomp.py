@@ -59,7 +59,7 @@ def _arms(quick: bool) -> list:
     return arms
 
 
-def run_arms(quick: bool) -> dict:
+def run_arms(quick: bool, train_images: int | None = None, epochs: int | None = None) -> dict:
     """Trains every arm in this process (which must not have initialised TensorFlow's devices yet)."""
     from tfq_ext._keras import keras, tf
 
@@ -70,11 +70,11 @@ def run_arms(quick: bool) -> dict:
     from tfq_ext.data import load_fashion_mnist
     from tfq_ext.distribute import AdaComp, AdaCompLogger, TopK, with_adacomp
 
-    data = load_fashion_mnist(limit_train=12000 if quick else None)
+    data = load_fashion_mnist(limit_train=train_images or (12000 if quick else None))
     x, y, xt, yt = data.x_train, data.y_train, data.x_test, data.y_test
     if quick:
         xt, yt = xt[:2000], yt[:2000]
-    epochs = 2 if quick else 8
+    epochs = epochs or (2 if quick else 8)
     strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(LEARNERS)])
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -115,7 +115,7 @@ def run_arms(quick: bool) -> dict:
                        sent_fraction={k: report[f"{k}_sent_fraction"] for k in kinds},
                        per_epoch=callbacks[0].epochs)
             if isinstance(compressor, TopK):
-                row["rates"] = compressor.rates
+                row["rates"] = dict(compressor.rates)
         results[name] = row
         log(f"  accuracy {accuracy:.4f}, {row['wire_bytes_per_step']:.0f} bytes/learner/step "
             f"({row['wire_reduction']:.1f}x less than dense), compression {row.get('compression')}, "
@@ -124,7 +124,12 @@ def run_arms(quick: bool) -> dict:
             "global_batch": BATCH, "optimizer": f"SGD(lr={LR}, momentum=0.9)", "results": results}
 
 
-def main(out_dir, quick: bool = False, command: str = "") -> dict:
+def main(out_dir, quick: bool = False, command: str = "", train_images: int | None = None,
+         epochs: int | None = None) -> dict:
+    """Runs the arms in a fresh process and writes ``adacomp.json`` / ``adacomp.md`` to ``out_dir``.
+
+    ``train_images`` / ``epochs`` override the sizes (quick: 12000 images, 2 epochs; full: 60000, 8 epochs).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -133,8 +138,8 @@ def main(out_dir, quick: bool = False, command: str = "") -> dict:
                PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
     raw = out_dir / "adacomp.raw.json"
     # A fresh process: the 4 logical devices cannot be configured once TensorFlow has initialised its devices.
-    subprocess.run([sys.executable, "-m", "benchmarks.adacomp", str(raw)] + (["--quick"] if quick else []),
-                   env=env, cwd=root, check=True)
+    args = [str(raw), "--quick" if quick else "--full", str(train_images or 0), str(epochs or 0)]
+    subprocess.run([sys.executable, "-m", "benchmarks.adacomp", *args], env=env, cwd=root, check=True)
     setup = json.loads(raw.read_text())
     raw.unlink()
     results = setup.pop("results")
@@ -169,5 +174,6 @@ def _table(report) -> str:
 
 
 if __name__ == "__main__":
-    out = run_arms(quick="--quick" in sys.argv[2:])
+    out = run_arms(quick=sys.argv[2] == "--quick", train_images=int(sys.argv[3]) or None,
+                   epochs=int(sys.argv[4]) or None)
     Path(sys.argv[1]).write_text(json.dumps(out, default=float))
