@@ -18,4 +18,3 @@ def test_example_runs(path, tmp_path):
                             timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert "int8" in result.stdout  # every example ends with its exported int8 TFLite file
-    assert list(tmp_path.iterdir()) == [] or all(p.suffix in (".tflite", ".png", ".json") for p in tmp_path.iterdir())
