@@ -118,9 +118,9 @@ def _start(out_dir: Path, epochs: int, crash_at_step: int) -> list[subprocess.Po
                    PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
                    TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
                    ADACOMP_WORKER=f"{i},{out_dir},{epochs},{crash_at_step}")
-        log = open(out_dir / f"worker{i}.log", "ab")
-        procs.append(subprocess.Popen([sys.executable, str(Path(__file__).resolve())], env=env, stdout=log,
-                                      stderr=subprocess.STDOUT))
+        with open(out_dir / f"worker{i}.log", "ab") as log:  # the child keeps its own copy of the descriptor
+            procs.append(subprocess.Popen([sys.executable, str(Path(__file__).resolve())], env=env, stdout=log,
+                                          stderr=subprocess.STDOUT))
     return procs
 
 

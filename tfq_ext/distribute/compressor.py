@@ -15,7 +15,7 @@ import numpy as np
 from tfq_ext._keras import tf
 from tfq_ext.ops import adacomp as ops
 
-__all__ = ["AdaComp", "DEFAULT_BIN_SIZES", "TopK", "check_strategy"]
+__all__ = ["DEFAULT_BIN_SIZES", "AdaComp", "TopK", "check_strategy"]
 
 #: The paper's bin lengths: about 50 for conv kernels and 500 for fully-connected / recurrent matrices.
 #: Biases and normalization parameters are tiny; they use the conv length.
