@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from tfq_ext._clone import replace_layers
 from tfq_ext._keras import ensure_tf_keras_model, keras, tf
 from tfq_ext.kq.layers import KQ_LAYERS, SCALE_BITS, KQConv2D, KQDepthwiseConv2D, check_codebook_bits, kq_bits
 from tfq_ext.ops.blocks import num_blocks, to_blocks
@@ -187,24 +188,6 @@ class KQReport(dict):
     """What ``quantize_kernels`` did: K per layer, bits per conv weight (``conv_bits``), accuracies."""
 
 
-def _rebuild(model: keras.Model, replace) -> keras.Model:
-    """Clone of ``model`` where ``replace(layer)`` returns a substitute layer or None (copy with its weights)."""
-    substituted = set()
-
-    def clone(layer):
-        new = replace(layer)
-        if new is None:
-            return layer.__class__.from_config(layer.get_config())
-        substituted.add(layer.name)
-        return new
-
-    new_model = keras.models.clone_model(model, clone_function=clone)
-    for old, new in zip(model.layers, new_model.layers):
-        if old.name not in substituted and old.weights:
-            new.set_weights(old.get_weights())
-    return new_model
-
-
 def _kq_layer(layer, k: int, codebook_bits: int):
     cfg = layer.get_config()
     common = {"strides": cfg["strides"], "padding": cfg["padding"], "dilation_rate": cfg["dilation_rate"],
@@ -291,7 +274,7 @@ def quantize_kernels(model: keras.Model, x=None, y=None, *, bits_per_weight: flo
         kernels = to_blocks(tf.convert_to_tensor(_kernel_of(layer)), "conv", 1).numpy()
         bias = layer.bias.numpy() if layer.use_bias else None
         codebooks[name] = (kmeans(kernels, k, n_iter=n_iter, seed=seed), bias)
-    kq_model = _rebuild(model, lambda layer: _kq_layer(layer, plan[layer.name], codebook_bits)
+    kq_model = replace_layers(model, lambda layer: _kq_layer(layer, plan[layer.name], codebook_bits)
                         if layer.name in plan else None)
     for name, (result, bias) in codebooks.items():
         layer = kq_model.get_layer(name)
@@ -366,7 +349,7 @@ def to_dense_model(model: keras.Model) -> keras.Model:
             return keras.layers.DepthwiseConv2D(layer.kernel_size, depth_multiplier=layer.depth_multiplier, **common)
         return keras.layers.Conv2D(layer.filters, layer.kernel_size, **common)
 
-    dense = _rebuild(model, replace)
+    dense = replace_layers(model, replace)
     for name, values in weights.items():
         dense.get_layer(name).set_weights(values)
     return dense

@@ -10,10 +10,11 @@ References: Stock et al. 2020, arXiv 1907.05686; Fan, Stock et al. 2021, arXiv 2
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from tfq_ext._clone import replace_layers
 from tfq_ext._keras import ensure_tf_keras_model, keras, tf
 from tfq_ext.ops.blocks import num_blocks, to_blocks
 from tfq_ext.ops.kmeans import clamp_k, kmeans
@@ -51,24 +52,6 @@ def _fit_block_size(kind: str, shape, requested: int, name: str) -> int:
     return size
 
 
-def _rebuild(model: keras.Model, replace: Callable) -> keras.Model:
-    """Clone of ``model`` where ``replace(layer)`` may return a substitute layer (or None to keep a copy)."""
-    substitutes: Dict[str, keras.layers.Layer] = {}
-
-    def clone(layer):
-        new = replace(layer)
-        if new is None:
-            return layer.__class__.from_config(layer.get_config())
-        substitutes[layer.name] = new
-        return new
-
-    new_model = keras.models.clone_model(model, clone_function=clone)
-    for old, new in zip(model.layers, new_model.layers):
-        if old.name not in substitutes and old.weights:
-            new.set_weights(old.get_weights())
-    return new_model
-
-
 def add_quant_noise(model: keras.Model, noise_rate: float = 0.1, noise: str = "proxy",
                     block_sizes: Optional[Dict[str, int]] = None, exclude: Sequence[str] = (),
                     **noise_kwargs) -> keras.Model:
@@ -98,7 +81,7 @@ def add_quant_noise(model: keras.Model, noise_rate: float = 0.1, noise: str = "p
         kernels[layer.name] = layer.get_weights()
         return new
 
-    new_model = _rebuild(model, replace)
+    new_model = replace_layers(model, replace)
     for layer in new_model.layers:
         if layer.name in kernels:
             # The pq noise's centroids are not among the original weights: copy only what the original had.
@@ -196,7 +179,7 @@ def quantize_pq(model: keras.Model, x=None, y=None, *, n_centroids: int = 256,
             kind, block, k, _, _ = codebooks[layer.name]
             return _pq_layer(layer, kind, block, k, int8_codebook)
 
-        current = _rebuild(current, replace)
+        current = replace_layers(current, replace)
         for name, (_, _, _, result, bias) in codebooks.items():
             layer = current.get_layer(name)
             layer.set_codebook(result.centroids, result.assignments)
@@ -264,7 +247,7 @@ def to_dense_model(model: keras.Model) -> keras.Model:
                                        activation=cfg["activation"], use_bias=cfg["use_bias"], name=layer.name)
         return keras.layers.Embedding(cfg["input_dim"], cfg["output_dim"], name=layer.name)
 
-    dense = _rebuild(model, replace)
+    dense = replace_layers(model, replace)
     for name, weights in kernels.items():
         dense.get_layer(name).set_weights(weights)
     return dense
