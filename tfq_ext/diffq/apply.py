@@ -75,8 +75,10 @@ def _wrap_model(model, make: Callable, targets: str, min_size: float, exclude: S
                 continue  # an excluded nested model keeps all of its layers
             if isinstance(layer, keras.Model):
                 make_plan(layer)
-            elif _select(layer, targets, min_size):
-                plan[layer.name] = _select(layer, targets, min_size)
+                continue
+            paths = _select(layer, targets, min_size)
+            if paths:
+                plan[layer.name] = paths
 
     make_plan(model)
     if not plan:
@@ -106,7 +108,7 @@ def _wrap_model(model, make: Callable, targets: str, min_size: float, exclude: S
 
 
 def apply_diffq(model: keras.Model, *, group_size: int = 8, min_bits: float = 2, max_bits: float = 15,
-                init_bits: float = 8, noise: str = "gaussian", grid: str = "zero", penalty: float = 0.0,
+                init_bits: float = 8, noise: str = "gaussian", grid: str = "range", penalty: float = 0.0,
                 min_size: float = 0.01,
                 targets: str = "kernels", exclude: Sequence[str] = ()) -> keras.Model:
     """Copy of ``model`` whose chosen weights train with DiffQ (weights kept; the original is not modified).
@@ -116,8 +118,8 @@ def apply_diffq(model: keras.Model, *, group_size: int = 8, min_bits: float = 2,
         group_size: weights per learned bits value (reference default 8; its examples use 16).
         min_bits, max_bits, init_bits: bits range and start (defaults 2, 15, 8 as the reference).
         noise: "gaussian" (reference default) or "uniform" (the paper).
-        grid: "zero" (true-quantization levels shifted so that 0 is one, same storage) or "range" (the
-            reference's min + k * Delta).
+        grid: "range" (true-quantization levels min + k * Delta, the reference's) or "zero" (levels shifted so
+            that 0 is one, same storage).
         penalty: size penalty per megabyte, added to the loss through ``model.losses``.
         min_size: tensors smaller than this many float32 megabytes stay float (reference 0.01; 0 for tiny models).
         targets: "kernels" (kernel, depthwise/pointwise kernel, embeddings, recurrent kernel) or "all" (every
@@ -215,9 +217,8 @@ def to_dense_model(model: keras.Model) -> keras.Model:
             if isinstance(layer, _QuantWrapper):
                 quantized = {id(layer._variable(p)): q.numpy()
                              for p, q in layer.quantized_weights(training=False).items()}
-                values[layer.name] = [quantized.get(id(v), None) for v in layer.layer.weights]
-                values[layer.name] = [v.numpy() if q is None else q
-                                      for q, v in zip(values[layer.name], layer.layer.weights)]
+                values[layer.name] = [quantized[id(v)] if id(v) in quantized else v.numpy()
+                                      for v in layer.layer.weights]
                 return layer.layer.__class__.from_config(layer.layer.get_config())
             return layer.__class__.from_config(layer.get_config())
 

@@ -3,7 +3,7 @@
 Payload of one DiffQ tensor (each part byte-aligned, bits little-endian within bytes, values LSB first):
   float32 min, float32 max | 1 byte: smallest bits b0 (low 4 bits), field width f (high 4 bits) |
   (b_g - b0) for every group at f bits | every group's codes at b_g bits, groups in row-major order.
-The grid ("zero" or "range", see ``tfq_ext.ops.diffq``) is recorded in the index. Other weights are float32
+The grid ("range" or "zero", see ``tfq_ext.ops.diffq``) is recorded in the index. Other weights are float32
 little-endian. The file is ``MAGIC``, a uint32 index length, a JSON index (names, shapes,
 offsets) and the payloads; ``len(payload)`` equals :func:`tfq_ext.diffq.true_size` of the model.
 
@@ -71,7 +71,7 @@ class PackedTensor:
     w_min: float = 0.0
     w_max: float = 0.0
     values: Optional[np.ndarray] = None
-    grid: str = "zero"
+    grid: str = "range"
 
     def payload(self) -> bytes:
         if self.kind == "float32":
@@ -85,7 +85,7 @@ class PackedTensor:
 
     @classmethod
     def from_payload(cls, layer: str, name: str, shape, kind: str, group_size: int, data: bytes,
-                     grid: str = "zero") -> "PackedTensor":
+                     grid: str = "range") -> "PackedTensor":
         shape = tuple(int(s) for s in shape)
         n = int(np.prod(shape))
         if kind == "float32":
@@ -141,7 +141,7 @@ class PackedModel:
         index = json.loads(data[start:start + length].decode())
         body = data[start + length:]
         return cls([PackedTensor.from_payload(e["layer"], e["name"], e["shape"], e["kind"], e["group_size"],
-                                              body[e["offset"]:e["offset"] + e["length"]], e.get("grid", "zero"))
+                                              body[e["offset"]:e["offset"] + e["length"]], e.get("grid", "range"))
                     for e in index])
 
 

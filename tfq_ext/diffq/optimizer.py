@@ -38,6 +38,11 @@ class DiffQOptimizer(keras.optimizers.Optimizer):
 
     ``learning_rate`` and ``iterations`` are those of ``optimizer`` (so LR schedules and callbacks act on the
     model's weights, never on the bits).
+
+    Forward: none (an optimizer). Backward: bits logits <- Adam(bits_learning_rate) step on their gradient (task
+    loss through the noise plus the size penalty); every other variable <- ``optimizer``'s own update.
+
+    References: Defossez, Adi, Synnaeve 2021, arXiv 2104.09987 (reference ``setup_optimizer``).
     """
 
     def __init__(self, optimizer="adam", bits_learning_rate: float = 1e-3, name: str = "DiffQOptimizer"):

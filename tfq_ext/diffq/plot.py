@@ -17,6 +17,8 @@ def plot_bits(bits: Dict[str, np.ndarray], path: Union[str, Path], title: str = 
     """Writes a PNG of ``bits`` ("layer/weight" -> integer bits per group, e.g. ``learned_bits(model)``).
 
     Left: mean bits of each tensor. Right: fraction of each tensor's groups at 1..15 bits.
+
+    References: Defossez, Adi, Synnaeve 2021, arXiv 2104.09987.
     """
     if not isinstance(bits, dict) or not bits:
         raise ValueError(f"`bits` must be a non-empty dict of name -> bits per group (learned_bits(model)). "

@@ -207,8 +207,8 @@ class DiffQWrapper(_QuantWrapper):
         min_bits, max_bits: range of the learned bits (1 <= min_bits < max_bits <= 15).
         init_bits: initial bits, strictly between min_bits and max_bits.
         noise: "gaussian" (N(0, 1) / 2, reference default) or "uniform" (U(-1/2, 1/2), the paper).
-        grid: levels of true quantization: "zero" (default; shifted so that 0 is a level, same storage) or
-            "range" (min + k * Delta, as the reference, where 0 is in general not a level).
+        grid: levels of true quantization: "range" (min + k * Delta, the reference's; 0 is in general not a
+            level) or "zero" (shifted so that 0 is a level, same storage; see the benchmark for its effect).
         penalty: weight of the size term, per megabyte; change it later with :func:`tfq_ext.diffq.set_penalty`.
 
     Forward (training): w + (max(w) - min(w)) / (2^b - 1) * xi; (inference): true quantization with round(b).
@@ -218,7 +218,7 @@ class DiffQWrapper(_QuantWrapper):
     """
 
     def __init__(self, layer, targets=None, group_size: int = 8, min_bits: float = 2, max_bits: float = 15,
-                 init_bits: float = 8, noise: str = "gaussian", grid: str = "zero", penalty: float = 0.0,
+                 init_bits: float = 8, noise: str = "gaussian", grid: str = "range", penalty: float = 0.0,
                  **kwargs):
         _check_int("group_size", group_size, 1)
         ops.check_bits_config(min_bits, max_bits, init_bits)

@@ -7,9 +7,9 @@ Delta = (max(w) - min(w)) / (2^b - 1), with min/max over the whole tensor (one r
 - Training forward: w + Delta * xi, xi ~ N(0, 1) / 2 ("gaussian", the reference default) or U(-1/2, 1/2)
   ("uniform", the paper's form). Backward: exact gradient of that expression in w and in b (no STE).
 - Inference forward: true quantization with b rounded: codes = round((w - o) / Delta) in [0, 2^b - 1],
-  w_q = o + codes * Delta, where the grid origin o is min ("range", the reference) or the multiple of Delta
-  nearest to min ("zero": 0 is then a level, at the same storage; the top level may fall up to Delta / 2 short
-  of max). Backward: not used (the deployed weights).
+  w_q = o + codes * Delta, where the grid origin o is min ("range", the reference's grid, default) or the
+  multiple of Delta nearest to min ("zero": 0 is then a level, at the same storage; the extreme levels may fall
+  up to Delta / 2 inside [min, max]). Backward: not used (the deployed weights).
 - Size: sum over groups of group_size * b bits, plus 64 bits of range and 8 bits of header per tensor, plus the
   per-group bits field (see :func:`bits_field_width`); differentiable in b, everything else constant.
 
@@ -53,7 +53,7 @@ __all__ = [
 
 BITS_LIMITS = (1, 15)  # codes of up to 15 bits fit int16/uint16, as the reference's packer
 NOISE_FORMS = ("gaussian", "uniform")
-GRIDS = ("zero", "range")
+GRIDS = ("range", "zero")
 RANGE_BYTES = 8  # float32 min and max of the tensor
 HEADER_BYTES = 1  # smallest rounded bits (4 bits) and width of the bits field (4 bits)
 
@@ -133,7 +133,7 @@ def pseudo_quant_noise(w: tf.Tensor, bits: tf.Tensor, group_size: int, noise: st
     return tf.reshape(flat + step * xi, tf.shape(w))
 
 
-def grid_origin(w_min, step, grid: str = "zero") -> tf.Tensor:
+def grid_origin(w_min, step, grid: str = "range") -> tf.Tensor:
     """Lowest level of each group's grid: ``w_min`` ("range") or the multiple of ``step`` nearest to it ("zero")."""
     if grid not in GRIDS:
         raise ValueError(f"`grid` must be one of {GRIDS}. Received: grid={grid!r}")
@@ -145,12 +145,12 @@ def grid_origin(w_min, step, grid: str = "zero") -> tf.Tensor:
     return tf.where(step > 0, step * tf.round(w_min / safe), w_min + tf.zeros_like(step))
 
 
-def quantize(w: tf.Tensor, bits: tf.Tensor, group_size: int, grid: str = "zero"):
+def quantize(w: tf.Tensor, bits: tf.Tensor, group_size: int, grid: str = "range"):
     """True quantization: integer codes per group, the tensor's range, and the integer bits.
 
     Args:
         w: weights; bits: (n_groups,) real bits, rounded here with :func:`round_bits`.
-        grid: "zero" (0 is a level) or "range" (levels start at min, as the reference).
+        grid: "range" (levels start at min, as the reference) or "zero" (0 is a level).
 
     Returns:
         (codes, w_min, w_max, bits): codes int32 of shape (n_groups, group_size) in [0, 2^bits - 1].
@@ -167,14 +167,14 @@ def quantize(w: tf.Tensor, bits: tf.Tensor, group_size: int, grid: str = "zero")
     return tf.cast(codes, tf.int32), w_min, w_max, tf.cast(bits, tf.int32)
 
 
-def dequantize(codes, w_min, w_max, bits, shape, grid: str = "zero") -> tf.Tensor:
+def dequantize(codes, w_min, w_max, bits, shape, grid: str = "range") -> tf.Tensor:
     """w_q = origin + codes * Delta(bits), reshaped to ``shape``; the one formula of eval and of unpacking."""
     bits = tf.cast(bits, tf.float32)
     step = quant_step(tf.cast(w_min, tf.float32), tf.cast(w_max, tf.float32), bits)[:, None]
     return tf.reshape(grid_origin(w_min, step, grid) + tf.cast(codes, tf.float32) * step, shape)
 
 
-def quantize_dequantize(w: tf.Tensor, bits: tf.Tensor, group_size: int, grid: str = "zero") -> tf.Tensor:
+def quantize_dequantize(w: tf.Tensor, bits: tf.Tensor, group_size: int, grid: str = "range") -> tf.Tensor:
     """Inference weights: dequantize(quantize(w)) with rounded bits. Forward only (no useful gradient)."""
     codes, w_min, w_max, int_bits = quantize(w, bits, group_size, grid)
     return dequantize(codes, w_min, w_max, int_bits, tf.shape(w), grid)
