@@ -90,19 +90,23 @@ def first_line(exc: BaseException) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- step time
-def interleaved_step_times(models: dict, xb: np.ndarray, yb: np.ndarray, rounds: int, warmup: int = 3) -> dict:
-    """Times ``train_on_batch`` on the same batch, models alternating A, B, C, A, B, C, ..."""
+def interleaved_step_times(models: dict, xb: np.ndarray, yb: np.ndarray, rounds: int, warmup: int = 3,
+                           steps_per_round: int = 4) -> dict:
+    """Times ``train_on_batch`` on the same batch, models interleaved; the order rotates every round so that no
+    model always runs right after another one, and each timing covers ``steps_per_round`` steps (per-step ms)."""
     names = list(models)
     for name in names:
         for _ in range(warmup):
             models[name].train_on_batch(xb, yb)
     times = {name: [] for name in names}
-    for _ in range(rounds):
-        for name in names:
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
             start = time.perf_counter()
-            models[name].train_on_batch(xb, yb)
-            times[name].append((time.perf_counter() - start) * 1e3)
-    res = {"rounds": rounds, "warmup_steps": warmup, "batch_size": int(len(xb)), "models": {}}
+            for _ in range(steps_per_round):
+                models[name].train_on_batch(xb, yb)
+            times[name].append((time.perf_counter() - start) * 1e3 / steps_per_round)
+    res = {"rounds": rounds, "warmup_steps": warmup, "steps_per_round": steps_per_round, "batch_size": int(len(xb)),
+           "models": {}}
     for name in names:
         t = np.asarray(times[name])
         res["models"][name] = {"median_ms": float(np.median(t)), "p10_ms": float(np.percentile(t, 10)),
@@ -273,7 +277,7 @@ def main(out_dir, quick: bool = False, command: str | None = None) -> dict:
     qat_n = 3_000 if quick else len(data.x_train)
     qat_epochs = 1
     eval_n = 2_000 if quick else len(data.x_test)
-    step_rounds = 20 if quick else 30
+    step_rounds = 10 if quick else 40
     lat_rounds, lat_runs = (10, 10) if quick else (30, 20)
     x_tr, y_tr = data.x_train[:float_n], data.y_train[:float_n]
     x_q, y_q = data.x_train[:qat_n], data.y_train[:qat_n]
