@@ -132,8 +132,8 @@ def test_eval_is_deterministic_on_the_grid_and_training_is_noisy(digits, grid):
     quantized = wrapper.quantized_weights()["kernel"].numpy().reshape(-1, 8)
     levels = 2.0 ** np.tile([3, 6], quantized.shape[0] // 2) - 1
     delta = (kernel.max() - kernel.min()) / levels
-    origin = kernel.min() if grid == "range" else delta * np.round(kernel.min() / delta)
-    steps = (quantized - origin[..., None] if grid == "zero" else quantized - origin) / delta[:, None]
+    origin = np.full_like(delta, kernel.min()) if grid == "range" else delta * np.round(kernel.min() / delta)
+    steps = (quantized - origin[:, None]) / delta[:, None]
     np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)  # on the grid, in units of Delta
     assert steps.min() > -1e-3 and np.all(np.round(steps) <= levels[:, None])
     assert np.abs(quantized - kernel.reshape(-1, 8)).max() <= delta.max() / 2 * (1 + 1e-4)
@@ -262,7 +262,8 @@ def _lstm_model():
 
 
 @pytest.mark.parametrize("make,x", [
-    (lambda: _diffq_cnn(noise="uniform", grid="zero", penalty=2.0), np.random.default_rng(0).random((3, 8, 8, 1), "float32")),
+    (lambda: _diffq_cnn(noise="uniform", grid="zero", penalty=2.0),
+     np.random.default_rng(0).random((3, 8, 8, 1), "float32")),
     (lambda: apply_diffq(_lstm_model(), min_size=0, group_size=4, init_bits=5, max_bits=8),
      np.random.default_rng(0).integers(0, 24, (3, 6))),
     (lambda: apply_uniform(_cnn(), 3, min_size=0), np.random.default_rng(0).random((3, 8, 8, 1), "float32")),
@@ -330,7 +331,8 @@ def test_callback_warns_without_diffq_optimizer_and_plot(digits, tmp_path):
     (lambda: apply_diffq(_cnn(), targets="biases"), ValueError, "targets"),
     (lambda: apply_diffq(_cnn(), exclude=["nope"]), ValueError, "exclude"),
     (lambda: apply_diffq(_cnn(), exclude="fc"), TypeError, "exclude"),
-    (lambda: apply_diffq(keras.Sequential([keras.Input((4,)), L.Dense(2)])), ValueError, "min_size=0"),  # every tensor under the reference's 0.01 MB
+    # Every tensor is under the reference's 0.01 MB threshold.
+    (lambda: apply_diffq(keras.Sequential([keras.Input((4,)), L.Dense(2)])), ValueError, "min_size=0"),
     (lambda: apply_diffq(_diffq_cnn()), ValueError, "already has quantization wrappers"),
     (lambda: apply_diffq("model"), TypeError, "model"),
     (lambda: DiffQWrapper(L.Dense(3), targets="kernel"), TypeError, "targets"),
@@ -347,7 +349,8 @@ def test_callback_warns_without_diffq_optimizer_and_plot(digits, tmp_path):
     (lambda: DiffQLogger(verbose=2), ValueError, "verbose"),
     (lambda: diffq.plot_bits({}, "x.png"), ValueError, "bits"),
 ], ids=["group-not-dividing", "min-above-max", "bits-below-1", "bits-above-15", "init-on-bound", "init-type",
-        "group-type", "noise", "grid", "penalty", "min-size", "targets-mode", "exclude-unknown", "exclude-str", "nothing-to-do",
+        "group-type", "noise", "grid", "penalty", "min-size", "targets-mode", "exclude-unknown", "exclude-str",
+        "nothing-to-do",
         "already-wrapped", "not-a-model", "targets-type", "target-missing", "no-kernel", "uniform-bits",
         "legacy-optimizer", "bits-lr", "set-penalty", "set-penalty-float-model", "tflite-wide-bits",
         "pack-uniform", "bad-file", "logger-verbose", "plot-empty"])
