@@ -338,6 +338,10 @@ def test_callback_warns_without_diffq_optimizer_and_plot(digits, tmp_path):
     (lambda: DiffQWrapper(L.Dense(3), targets="kernel"), TypeError, "targets"),
     (lambda: DiffQWrapper(L.Dense(3), targets=["gamma"]).build((None, 4)), ValueError, "not a weight attribute"),
     (lambda: DiffQWrapper(L.Flatten()).build((None, 4)), ValueError, "no kernel-like weight"),
+    (lambda: DiffQWrapper(L.BatchNormalization(), targets=["moving_mean"]).build((None, 4)), ValueError,
+     "not a trainable weight"),
+    (lambda: DiffQWrapper("dense"), TypeError, "layer` must be a tf_keras Layer"),
+    (lambda: unpack_varwidth(b"\x00", np.full(4, 3)), ValueError, "data` holds 8 bits but `widths` need 12"),
     (lambda: apply_uniform(_cnn(), 1, min_size=0), ValueError, r"bits` must be in \[2, 15\]"),
     (lambda: DiffQOptimizer(keras.optimizers.legacy.SGD()), TypeError, "optimizer"),
     (lambda: DiffQOptimizer("adam", bits_learning_rate=0), ValueError, "bits_learning_rate"),
@@ -351,7 +355,8 @@ def test_callback_warns_without_diffq_optimizer_and_plot(digits, tmp_path):
 ], ids=["group-not-dividing", "min-above-max", "bits-below-1", "bits-above-15", "init-on-bound", "init-type",
         "group-type", "noise", "grid", "penalty", "min-size", "targets-mode", "exclude-unknown", "exclude-str",
         "nothing-to-do",
-        "already-wrapped", "not-a-model", "targets-type", "target-missing", "no-kernel", "uniform-bits",
+        "already-wrapped", "not-a-model", "targets-type", "target-missing", "no-kernel", "target-not-trainable",
+        "layer-type", "short-packed-data", "uniform-bits",
         "legacy-optimizer", "bits-lr", "set-penalty", "set-penalty-float-model", "tflite-wide-bits",
         "pack-uniform", "bad-file", "logger-verbose", "plot-empty"])
 def test_errors(make, error, match):

@@ -50,7 +50,8 @@ def unpack_varwidth(data: bytes, widths: np.ndarray) -> np.ndarray:
         return np.zeros(widths.size, np.int64)
     stream = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")[:total]
     if stream.size < total:
-        raise ValueError(f"packed data holds {stream.size} bits, {total} expected")
+        raise ValueError(f"`data` holds {stream.size} bits but `widths` need {total}; it is truncated or packed "
+                         f"with other widths. Received: len(data)={len(data)} bytes")
     shifts = np.arange(int(widths.max()))
     bits = np.zeros((widths.size, shifts.size), np.int64)
     bits[shifts[None, :] < widths[:, None]] = stream
