@@ -309,8 +309,8 @@ def _table(report) -> str:
             lines.append(f"| {arm} | {row[metric]:.4f} | {row['bytes']} | {row['bits_per_weight']:.2f} | {mean} | "
                          f"{'-' if ranged is None else f'{ranged:.4f}'} | {layers} |")
         if task.get("diffq_vs_qat"):
-            lines += ["", f"| DiffQ arm | mean bits | true size (B) | uniform QAT at that size (interpolated) | "
-                      f"DiffQ ahead by | gap to float (+ = worse) |", "|---|---:|---:|---:|---:|---:|"]
+            lines += ["", "| DiffQ arm | mean bits | true size (B) | uniform QAT at that size (interpolated) | "
+                      "DiffQ ahead by | gap to float (+ = worse) |", "|---|---:|---:|---:|---:|---:|"]
             for arm, c in task["diffq_vs_qat"].items():
                 lines.append(f"| {arm} | {c['mean_bits']:.2f} | {c['bytes']} | {c['qat_at_same_size']:.4f} | "
                              f"{c['diffq_ahead_by']:+.4f} | {c['gap_to_float']:+.4f} |")

@@ -297,25 +297,24 @@ def main(out_dir, quick: bool = False, command: str | None = None) -> dict:
     log(f"float trained in {float_train_s:.1f} s")
 
     # 2. QAT fine-tuning from the float weights
+    def train_qat(model, label: str) -> float:
+        """Same optimizer, seed, data and epochs for both QAT tools; returns seconds and records peak RSS."""
+        compile_model(model, 1e-4)
+        keras.utils.set_random_seed(SEED + 1)
+        start = time.perf_counter()
+        model.fit(x_q, y_q, batch_size=BATCH, epochs=qat_epochs, shuffle=True, verbose=2)
+        seconds = time.perf_counter() - start
+        rss[f"{label}_qat_train"] = peak_rss_mb()
+        log(f"{label} QAT trained in {seconds:.1f} s")
+        return seconds
+
     qat_tfq = quantize_model(float_model, freeze_bn_delay=freeze_bn_delay)
-    compile_model(qat_tfq, 1e-4)
-    keras.utils.set_random_seed(SEED + 1)
-    start = time.perf_counter()
-    qat_tfq.fit(x_q, y_q, batch_size=BATCH, epochs=qat_epochs, shuffle=True, verbose=2)
-    tfq_train_s = time.perf_counter() - start
-    rss["tfq_ext_qat_train"] = peak_rss_mb()
-    log(f"tfq_ext QAT trained in {tfq_train_s:.1f} s")
+    tfq_train_s = train_qat(qat_tfq, "tfq_ext")
 
     clone = keras.models.clone_model(float_model)
     clone.set_weights(float_model.get_weights())
     qat_tfmot = tfmot.quantization.keras.quantize_model(clone)
-    compile_model(qat_tfmot, 1e-4)
-    keras.utils.set_random_seed(SEED + 1)
-    start = time.perf_counter()
-    qat_tfmot.fit(x_q, y_q, batch_size=BATCH, epochs=qat_epochs, shuffle=True, verbose=2)
-    tfmot_train_s = time.perf_counter() - start
-    rss["tfmot_qat_train"] = peak_rss_mb()
-    log(f"tfmot QAT trained in {tfmot_train_s:.1f} s")
+    tfmot_train_s = train_qat(qat_tfmot, "tfmot")
 
     # The float reference gets the same extra training (epochs, learning rate, data) as the QAT models, so that
     # "int8 vs float" compares equal training budgets; PTQ then starts from this model too.

@@ -7,8 +7,7 @@ import pytest
 
 from tfq_ext._keras import keras, tf
 from tfq_ext import diffq
-from tfq_ext.diffq import (DiffQLogger, DiffQOptimizer, DiffQWrapper, PackedModel, UniformQuantWrapper,
-                           apply_diffq, apply_uniform)
+from tfq_ext.diffq import (DiffQLogger, DiffQOptimizer, DiffQWrapper, PackedModel, apply_diffq, apply_uniform)
 from tfq_ext.diffq.export import pack_varwidth, unpack_varwidth
 from tfq_ext.ops import diffq as ops
 

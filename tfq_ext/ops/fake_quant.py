@@ -75,8 +75,7 @@ def fake_quant(x: tf.Tensor, min_val, max_val, num_bits: int = 8, narrow_range: 
     set the integer tensor's scale and zero point, so training and the exported file use one quantizer.
     The op nudges the range as :func:`nudged_scale_zero_point` does and has the clipped STE gradient.
     """
-    qmin, _ = qrange(num_bits, narrow_range)  # validates num_bits
-    del qmin
+    qrange(num_bits, narrow_range)  # validates num_bits
     return tf.quantization.fake_quant_with_min_max_vars(
         x, tf.cast(min_val, x.dtype), tf.cast(max_val, x.dtype), num_bits=int(num_bits), narrow_range=narrow_range
     )
