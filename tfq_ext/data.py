@@ -2,6 +2,8 @@
 
 - ``load_digits``: scikit-learn's bundled 8x8 digits (installed with the package; unit tests and the demo).
 - ``load_fashion_mnist``: Debian's ``dataset-fashion-mnist`` (``make bench-data`` installs it).
+
+Graph data (molecules, connectomes, generated power-law graphs) lives in ``tfq_ext.graph_data``.
 """
 
 from __future__ import annotations
