@@ -31,12 +31,17 @@ def ema_assign(variable: tf.Variable, value: tf.Tensor, decay: float, initialize
 
 
 def percentile_min_max(x: tf.Tensor, percentile: float):
-    """(low, high) percentiles of ``x`` (e.g. 0.1 -> 0.1th and 99.9th), computed with a sort; 0 included."""
+    """(low, high) percentiles of ``x`` (e.g. 0.1 -> 0.1th and 99.9th); 0 included.
+
+    Only the tails are needed, so two ``top_k`` of size ``round((n - 1) * percentile / 100) + 1`` replace a full
+    sort (the k-th largest is the same element a sort would index); for 0.1% of a million values that is
+    about 1000 elements per side instead of sorting a million.
+    """
     if not 0.0 <= percentile < 50.0:
         raise ValueError(f"`percentile` must be in [0, 50). Received: percentile={percentile}")
-    flat = tf.sort(tf.reshape(x, [-1]))
-    n = tf.shape(flat)[0]
-    last = tf.cast(n - 1, tf.float32)
-    lo_idx = tf.cast(tf.round(last * percentile / 100.0), tf.int32)
-    hi_idx = tf.cast(tf.round(last * (1.0 - percentile / 100.0)), tf.int32)
-    return tf.minimum(flat[lo_idx], 0.0), tf.maximum(flat[hi_idx], 0.0)
+    flat = tf.reshape(x, [-1])
+    last = tf.cast(tf.size(flat) - 1, tf.float32)
+    k = tf.cast(tf.round(last * percentile / 100.0), tf.int32) + 1
+    high = tf.math.top_k(flat, k, sorted=True).values[k - 1]
+    low = -tf.math.top_k(-flat, k, sorted=True).values[k - 1]
+    return tf.minimum(low, 0.0), tf.maximum(high, 0.0)

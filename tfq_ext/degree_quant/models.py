@@ -1,0 +1,101 @@
+"""GraphTensor inputs from ``tfq_ext.graph_data`` and ready-made Degree-Quant GNNs (GCN / GIN stacks).
+
+``build_gnn`` stacks Degree-Quant convolutions the tf-gnn way (``GraphUpdate`` -> ``NodeSetUpdate`` with
+``SingleInputNextState``) and adds a head: per-node logits for node classification, or mean pooling to the
+graph context and a quantized dense layer for graph classification. ``mode`` switches the same architecture
+between FP32, plain QAT and Degree-Quant, which is how the benchmark compares them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow_gnn as tfgnn
+
+from tfq_ext._keras import keras, tf
+from tfq_ext.degree_quant.layers import DegreeQuantGCN, DegreeQuantGIN
+from tfq_ext.degree_quant.quantizer import QuantDense, check_settings
+
+__all__ = ["NODES", "EDGES", "FEATURE", "graph_tensor", "molecule_dataset", "node_dataset", "build_gnn"]
+
+NODES, EDGES, FEATURE = "nodes", "edges", tfgnn.HIDDEN_STATE
+CONVOLUTIONS = {"gcn": DegreeQuantGCN, "gin": DegreeQuantGIN}
+
+
+def graph_tensor(features, edges) -> tfgnn.GraphTensor:
+    """One homogeneous graph (node set ``"nodes"``, edge set ``"edges"``) from ``[N, F]`` features and
+    ``[2, E]`` source/target indices."""
+    features = np.asarray(features, np.float32)
+    edges = np.asarray(edges)
+    if features.ndim != 2:
+        raise ValueError(f"`features` must have shape [num_nodes, F]. Received shape {features.shape}")
+    if edges.ndim != 2 or edges.shape[0] != 2:
+        raise ValueError(f"`edges` must have shape [2, num_edges] (source row, target row). "
+                         f"Received shape {edges.shape}")
+    if edges.size and (edges.min() < 0 or edges.max() >= features.shape[0]):
+        raise ValueError(f"`edges` must index nodes 0..{features.shape[0] - 1}. "
+                         f"Received indices in [{edges.min()}, {edges.max()}]")
+    edges = edges.astype(np.int32)
+    return tfgnn.GraphTensor.from_pieces(
+        node_sets={NODES: tfgnn.NodeSet.from_fields(sizes=[features.shape[0]], features={FEATURE: features})},
+        edge_sets={EDGES: tfgnn.EdgeSet.from_fields(
+            sizes=[edges.shape[1]], adjacency=tfgnn.Adjacency.from_indices((NODES, edges[0]), (NODES, edges[1])))})
+
+
+def molecule_dataset(molecules, batch_size: int = 64, shuffle_seed: int | None = None) -> tf.data.Dataset:
+    """(GraphTensor, label) batches for graph classification; each batch is merged into one graph whose
+    components are the molecules (tf-gnn's convention)."""
+    if not molecules:
+        raise ValueError("`molecules` is empty.")
+    graphs = [graph_tensor(m.node_features, m.edges) for m in molecules]
+    labels = np.array([m.label for m in molecules], np.int32)
+    spec = graphs[0].spec.relax(num_nodes=True, num_edges=True)
+
+    def generate():
+        yield from zip(graphs, labels)
+
+    ds = tf.data.Dataset.from_generator(generate, output_signature=(spec, tf.TensorSpec((), tf.int32))).cache()
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(graphs), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).map(lambda g, y: (g.merge_batch_to_components(), y)).prefetch(2)
+
+
+def node_dataset(graph, mask) -> tf.data.Dataset:
+    """One-element dataset ``(GraphTensor, labels, weights)`` for full-graph node classification; the loss
+    only counts nodes where ``mask`` is True."""
+    tensor = graph_tensor(graph.features, graph.edges)
+    weights = np.asarray(mask, np.float32)
+    return tf.data.Dataset.from_tensors((tensor, np.asarray(graph.labels, np.int32), weights))
+
+
+def build_gnn(graph_spec: tfgnn.GraphTensorSpec, num_classes: int, *, conv: str = "gin", units: int = 64,
+              num_layers: int = 3, task: str = "graph", mode: str = "dq", num_bits: int = 8,
+              **dq_kwargs) -> keras.Model:
+    """A stack of Degree-Quant convolutions with a classification head.
+
+    Args:
+        graph_spec: spec of the input graphs (``dataset.element_spec[0]``).
+        num_classes: logits per node (``task="node"``) or per graph (``task="graph"``).
+        conv: ``"gcn"`` or ``"gin"``.
+        units, num_layers: width and depth.
+        mode, num_bits, **dq_kwargs: see :class:`~tfq_ext.degree_quant.DegreeQuantGCN`.
+    """
+    if conv not in CONVOLUTIONS:
+        raise ValueError(f"`conv` must be one of {sorted(CONVOLUTIONS)}. Received: conv={conv!r}")
+    if task not in ("graph", "node"):
+        raise ValueError(f"`task` must be 'graph' or 'node'. Received: task={task!r}")
+    settings = check_settings(mode, num_bits, dq_kwargs.get("p_min"), dq_kwargs.get("p_max"),
+                              dq_kwargs.get("percentile"))
+    inputs = keras.Input(type_spec=graph_spec)
+    graph = inputs
+    for i in range(num_layers):
+        layer = CONVOLUTIONS[conv](units, mode=mode, num_bits=num_bits, quantize_input=i == 0, name=f"{conv}_{i}",
+                                   **dq_kwargs)
+        graph = tfgnn.keras.layers.GraphUpdate(node_sets={NODES: tfgnn.keras.layers.NodeSetUpdate(
+            {EDGES: layer}, next_state=tfgnn.keras.layers.SingleInputNextState())})(graph)
+    if task == "graph":
+        states = tfgnn.keras.layers.Pool(tfgnn.CONTEXT, "mean", node_set_name=NODES)(graph)
+    else:
+        states = graph.node_sets[NODES][FEATURE]
+    logits = QuantDense(num_classes, mode=mode, num_bits=num_bits, percentile=settings["percentile"],
+                        quantize_input=task == "graph", name="head")(states)
+    return keras.Model(inputs, logits, name=f"{conv}_{mode}_int{num_bits}")
