@@ -47,14 +47,14 @@ def _datasets(quick: bool):
     if quick:
         train, test = train[:256], test[:128]
     yield "solubility", dict(task="graph", train=lambda seed: molecule_dataset(train, 64, shuffle_seed=seed),
-                             test=molecule_dataset(test, 256), num_classes=3, epochs=4 if quick else 30,
+                             test=molecule_dataset(test, 256), num_classes=3, epochs=4 if quick else 20,
                              export=test)
     for name, graph in (("drosophila", gd.load_drosophila("left")),
                         ("power_law", gd.power_law_graph(num_nodes=500 if quick else 2000))):
         train_mask, test_mask = gd.train_test_masks(graph.num_nodes, 0.3, seed=0, labels=graph.labels)
         yield name, dict(task="node", train=lambda seed, g=graph, m=train_mask: node_dataset(g, m),
                          test=node_dataset(graph, test_mask), num_classes=int(graph.labels.max()) + 1,
-                         epochs=20 if quick else 200, export=None)
+                         epochs=20 if quick else 150, export=None)
 
 
 def _train(spec, conv, mode, bits, seed, keras, tf):
