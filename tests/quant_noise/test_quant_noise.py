@@ -8,9 +8,9 @@ from tfq_ext._keras import keras, tf
 from tfq_ext.ops.blocks import from_blocks, to_blocks
 from tfq_ext.ops.codebook import gather_mean_grad
 from tfq_ext.ops.kmeans import assign, clamp_k, kmeans
-from tfq_ext.quant_noise import (PQConv2D, PQDense, PQEmbedding, QuantNoiseConv2D, QuantNoiseDense,
-                                 QuantNoiseEmbedding, QuantNoiseSchedule, add_quant_noise, quantize_pq,
-                                 to_dense_model)
+from tfq_ext.quant_noise import (PQConv2D, PQDense, PQEmbedding, QuantNoiseCentroidRefresh, QuantNoiseConv2D,
+                                 QuantNoiseDense, QuantNoiseEmbedding, QuantNoiseSchedule, add_quant_noise,
+                                 quantize_pq, to_dense_model)
 
 L = keras.layers
 
@@ -82,6 +82,38 @@ def test_noise_schedule_sets_rate():
     model.fit(np.zeros((8, 16)), np.zeros((8, 8)), epochs=3, verbose=0,
               callbacks=[QuantNoiseSchedule(lambda epoch: 0.1 * (epoch + 1))])
     assert float(model.layers[0].noise_rate) == pytest.approx(0.3)
+
+
+def test_centroid_refresh_callback_tracks_the_moving_kernel():
+    rng = np.random.default_rng(0)
+    tf.random.set_seed(0)
+    fc = QuantNoiseDense(16, noise_rate=0.5, block_size=8, noise="pq", n_centroids=8)
+    # A non-pq Quant-Noise layer is left alone (it has no centroids).
+    model = keras.Sequential([keras.Input((32,)), fc, QuantNoiseDense(4, noise_rate=0.5, block_size=4)])
+    stale = fc.centroids.numpy().copy()
+    x, y = rng.normal(size=(64, 32)).astype("float32"), rng.normal(size=(64, 4)).astype("float32")
+    refresh = QuantNoiseCentroidRefresh(every_n_batches=2, n_iter=3)
+    model.compile(keras.optimizers.SGD(0.1), "mse")  # a large step so that the kernel moves far
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[refresh])
+    assert refresh.refreshes == 4  # 8 batches, every 2
+    blocks = to_blocks(tf.constant(fc.kernel.numpy()), "dense", 8).numpy()
+
+    def error(centroids):
+        return float(((blocks - centroids[assign(blocks, centroids)]) ** 2).sum())
+
+    # The last refresh ran after the last batch: the centroids fit the final kernel better than stale ones.
+    assert error(fc.centroids.numpy()) < error(stale)
+    with pytest.raises(ValueError, match="every_n_batches"):
+        QuantNoiseCentroidRefresh(every_n_batches=0)
+
+
+def test_kmeans_warm_start_from_given_centroids():
+    x = np.array([[0, 0], [0, 1], [10, 10], [10, 11]], "float32")
+    result = kmeans(x, 2, n_iter=1, init=np.array([[10, 10], [0, 0]], "float32"))
+    np.testing.assert_allclose(result.centroids, [[10.0, 10.5], [0.0, 0.5]])  # order kept from the start
+    np.testing.assert_array_equal(result.assignments, [1, 1, 0, 0])
+    with pytest.raises(ValueError, match="init"):
+        kmeans(x, 2, init=np.zeros((3, 2)))
 
 
 def test_kmeans_golden_two_clusters():

@@ -7,7 +7,7 @@ Arthur & Vassilvitskii 2007 (k-means++).
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Union
 
 import numpy as np
 
@@ -51,7 +51,7 @@ def clamp_k(k: int, n: int, min_blocks_per_centroid: int = 4) -> int:
     return int(max(1, min(k, n // min_blocks_per_centroid)))
 
 
-def kmeans(x: np.ndarray, k: int, n_iter: int = 20, seed: int = 0, init: str = "kmeans++",
+def kmeans(x: np.ndarray, k: int, n_iter: int = 20, seed: int = 0, init: Union[str, np.ndarray] = "kmeans++",
            tol: float = 0.0, rng: Optional[np.random.Generator] = None) -> KMeansResult:
     """Lloyd's k-means on the rows of ``x``.
 
@@ -60,7 +60,8 @@ def kmeans(x: np.ndarray, k: int, n_iter: int = 20, seed: int = 0, init: str = "
         k: number of centroids, 1 <= k <= n.
         n_iter: EM iterations (the iPQ reference uses 15-20).
         seed: seed of the initialisation and of the split perturbations.
-        init: "kmeans++" or "random" (k distinct rows, as the reference does).
+        init: "kmeans++", "random" (k distinct rows, as the reference does) or a (k, d) array of starting
+            centroids (warm start, e.g. the previous codebook of weights that have moved a little).
         tol: stop early when the inertia improves by less than this fraction.
 
     An empty cluster takes the centroid of the most populated cluster plus a tiny perturbation (and that one
@@ -71,10 +72,16 @@ def kmeans(x: np.ndarray, k: int, n_iter: int = 20, seed: int = 0, init: str = "
         raise ValueError(f"`x` must be a non-empty 2-D array (n, d). Received: x.shape={x.shape}")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(x):
         raise ValueError(f"`k` must be an int in [1, n={len(x)}] (fewer centroids than rows). Received: k={k!r}")
-    if init not in ("kmeans++", "random"):
-        raise ValueError(f"`init` must be 'kmeans++' or 'random'. Received: init={init!r}")
     rng = rng or np.random.default_rng(seed)
-    if init == "kmeans++":
+    if not isinstance(init, str):
+        start = np.asarray(init, dtype=np.float32)
+        if start.shape != (int(k), x.shape[1]):
+            raise ValueError(f"`init` as an array must have shape (k, d) = ({k}, {x.shape[1]}). "
+                             f"Received: init.shape={start.shape}")
+        centroids = start.copy()
+    elif init not in ("kmeans++", "random"):
+        raise ValueError(f"`init` must be 'kmeans++', 'random' or a (k, d) array. Received: init={init!r}")
+    elif init == "kmeans++":
         centroids = _kmeans_pp(x, int(k), rng)
     else:
         centroids = x[rng.choice(len(x), size=int(k), replace=False)].copy()

@@ -12,6 +12,8 @@ References: Fan, Stock et al. 2021, arXiv 2004.07320.
 
 from __future__ import annotations
 
+import numpy as np
+
 from tfq_ext._compat import resolve_training, smart_cond
 from tfq_ext._keras import keras, tf
 from tfq_ext.ops.blocks import check_block_size, from_blocks, num_blocks, to_blocks
@@ -19,7 +21,8 @@ from tfq_ext.ops.linear import dense
 from tfq_ext.ops.kmeans import clamp_k, kmeans
 from tfq_ext.ops.quant_noise import block_mask, pq_noise, proxy_noise, scalar_noise
 
-__all__ = ["QuantNoiseDense", "QuantNoiseConv2D", "QuantNoiseEmbedding", "QuantNoiseSchedule", "NOISE_FORMS"]
+__all__ = ["QuantNoiseDense", "QuantNoiseConv2D", "QuantNoiseEmbedding", "QuantNoiseSchedule",
+           "QuantNoiseCentroidRefresh", "NOISE_FORMS"]
 
 NOISE_FORMS = ("proxy", "scalar", "pq")
 
@@ -58,12 +61,18 @@ class _QuantNoiseMixin:
                                              initializer="zeros")
             self.refresh_centroids()
 
-    def refresh_centroids(self, n_iter: int = 10, seed: int = 0) -> None:
-        """Re-runs k-means on the current kernel (the "pq" noise uses these centroids)."""
+    def refresh_centroids(self, n_iter: int = 10, seed: int = 0, warm_start: bool = False) -> None:
+        """Re-runs k-means on the current kernel (the "pq" noise uses these centroids).
+
+        ``warm_start`` starts Lloyd's iterations from the current centroids instead of a k-means++ seeding:
+        much cheaper for periodic refreshes while the weights move a little between them.
+        """
         if self.noise != "pq":
             raise ValueError(f"layer {self.name!r} uses noise={self.noise!r}; only 'pq' noise has centroids")
         blocks = to_blocks(tf.convert_to_tensor(getattr(self, self._kernel_attr)), self._kind, self.block_size)
-        result = kmeans(blocks.numpy(), int(self.centroids.shape[0]), n_iter=n_iter, seed=seed)
+        current = self.centroids.numpy()
+        init = current if warm_start and np.any(current) else "kmeans++"
+        result = kmeans(blocks.numpy(), int(self.centroids.shape[0]), n_iter=n_iter, seed=seed, init=init)
         self.centroids.assign(result.centroids)
 
     def noised_kernel(self, kernel):
@@ -191,6 +200,38 @@ class QuantNoiseSchedule(keras.callbacks.Callback):
         for layer in _walk(self.model):
             if isinstance(layer, _QuantNoiseMixin):
                 layer.noise_rate.assign(rate)
+
+
+class QuantNoiseCentroidRefresh(keras.callbacks.Callback):
+    """Re-clusters the centroids of every ``noise="pq"`` layer every ``every_n_batches`` training batches.
+
+    The "pq" noise replaces the selected blocks by their nearest centroid; as the weights train, centroids
+    computed once at conversion drift away from the k-means of the current kernel. This keeps them current
+    (warm-started Lloyd's iterations by default, so a refresh costs ``n_iter`` assignment passes).
+
+    Example: ``model.fit(x, y, callbacks=[QuantNoiseCentroidRefresh(every_n_batches=100)])``.
+    """
+
+    def __init__(self, every_n_batches: int = 100, n_iter: int = 5, warm_start: bool = True, seed: int = 0):
+        super().__init__()
+        if isinstance(every_n_batches, bool) or not isinstance(every_n_batches, int) or every_n_batches < 1:
+            raise ValueError(f"`every_n_batches` must be a positive int. "
+                             f"Received: every_n_batches={every_n_batches!r}")
+        self.every_n_batches = every_n_batches
+        self.n_iter = int(n_iter)
+        self.warm_start = bool(warm_start)
+        self.seed = int(seed)
+        self.refreshes = 0
+        self._batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._batches += 1
+        if self._batches % self.every_n_batches:
+            return
+        for layer in _walk(self.model):
+            if isinstance(layer, _QuantNoiseMixin) and layer.noise == "pq":
+                layer.refresh_centroids(n_iter=self.n_iter, seed=self.seed, warm_start=self.warm_start)
+        self.refreshes += 1
 
 
 def _walk(model):
