@@ -1,10 +1,16 @@
 """Quant-Noise + iPQ vs plain iPQ vs tfmot weight clustering on Fashion-MNIST, side by side in one process.
 
-Arms, all from the same architecture and seed:
-  float               trained ``epochs`` epochs
-  plain -> iPQ        the float model, product-quantized (before / after centroid fine-tuning)
-  Quant-Noise -> iPQ  trained ``epochs`` epochs with Quant-Noise (proxy, p), then the same iPQ
-  tfmot clustering    the float model clustered with tfmot (2 and 4 clusters per layer), fine-tuned as long
+For each seed (3 seeds; the quick run uses 1), from one float model trained ``epochs`` epochs:
+  plain -> iPQ        the float model trained ``extra`` more epoch(s) without noise, then product-quantized
+  Quant-Noise -> iPQ  the float model trained the same ``extra`` epoch(s) with Quant-Noise ("pq" noise: a
+                      Bernoulli(p) subset of blocks replaced by its nearest centroid, centroids re-clustered
+                      every 100 batches with ``QuantNoiseCentroidRefresh``; the block layout of the iPQ
+                      setting), then the same iPQ
+  tfmot clustering    the float model clustered with tfmot (2 clusters per layer), fine-tuned for the same
+                      ``extra`` + iPQ fine-tuning epochs (4 clusters: seed 0 only)
+iPQ accuracy is reported at three centroid fine-tuning budgets: none, short (``short_ft`` epoch per stage) and
+full (``finetune`` epoch per stage, 4 stages), as mean and sample standard deviation over seeds, with the
+per-seed values and the paired (same seed) difference Quant-Noise minus plain.
 Sizes come from ``tfq_ext.model_size`` (indices + float16 codebooks + float32 biases); tfmot's clustered file
 is dense, so its size is reported both as the ideal packed size (log2(clusters) bits per weight + float32
 centroids, same accounting) and as the gzip-compressed float32 .tflite that users would actually ship.
@@ -85,10 +91,22 @@ def _tfmot_cluster(float_model, n_clusters, x, y, epochs):
     return stripped, ideal, len(gzip.compress(tflite, 9)), len(tflite)
 
 
+SEEDS = (0, 1, 2)
+SETTINGS = {"K256_d8": {"n_centroids": 256, "block_sizes": {"dense": 8}},
+            "K256_d32": {"n_centroids": 256, "block_sizes": {"dense": 32}}}
+BUDGETS = ("none", "short", "full")  # centroid fine-tuning per iPQ stage: 0, short_ft, finetune epochs
+
+
+def _stats(values) -> dict:
+    values = [float(v) for v in values]
+    return {"values": values, "mean": float(np.mean(values)),
+            "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+
+
 def main(out_dir, quick: bool = False, command: str = "") -> dict:
     from tfq_ext import model_size
     from tfq_ext.data import load_fashion_mnist
-    from tfq_ext.quant_noise import add_quant_noise, quantize_pq, to_dense_model
+    from tfq_ext.quant_noise import QuantNoiseCentroidRefresh, add_quant_noise, quantize_pq, to_dense_model
     import tflite_export
 
     out_dir = Path(out_dir)
@@ -98,69 +116,112 @@ def main(out_dir, quick: bool = False, command: str = "") -> dict:
     x, y, xt, yt = data.x_train, data.y_train, data.x_test, data.y_test
     if quick:
         xt, yt = xt[:2000], yt[:2000]
+    seeds = SEEDS[:1] if quick else SEEDS
     epochs = 1 if quick else 4
-    finetune = 0.1 if quick else 0.5  # epochs of fine-tuning after each iPQ stage
-    settings = {"K256_d8": {"n_centroids": 256, "block_sizes": {"dense": 8}},
-                "K256_d32": {"n_centroids": 256, "block_sizes": {"dense": 32}}}
-    noise_rate = 0.1
+    extra = 1  # epochs of further training, with or without Quant-Noise, before iPQ
+    finetune = 0.1 if quick else 0.25  # "full" budget: epochs of centroid fine-tuning after each iPQ stage
+    short_ft = 0.02 if quick else 0.05  # "short" budget
+    noise = {"noise": "pq", "noise_rate": 0.5, "refresh_every_n_batches": 100}
+    budgets = {"none": 0.0, "short": short_ft, "full": finetune}
 
-    log(f"float training: {epochs} epochs on {len(x)} images")
-    keras.utils.set_random_seed(SEED)
-    float_model = _train(build_cnn(), x, y, epochs)
-    float_bytes = model_size(float_model).bytes
-    results = {"float": {"accuracy": _accuracy(float_model, xt, yt), "bytes": float_bytes, "compression": 1.0}}
-    log(f"  float accuracy {results['float']['accuracy']:.4f}, {float_bytes} bytes")
+    per_seed: dict = {}  # name -> list of per-seed dicts
 
-    for setting, kwargs in settings.items():
-        # Quant-Noise uses the block layout that iPQ will use (the paper's point: the noise matches phi).
-        log(f"Quant-Noise training for {setting} (proxy, p={noise_rate}, blocks {kwargs['block_sizes']}): "
-            f"{epochs} epochs")
-        keras.utils.set_random_seed(SEED)
-        qn_model = add_quant_noise(build_cnn(), noise_rate=noise_rate, noise="proxy",
-                                   block_sizes=kwargs["block_sizes"])
-        _train(qn_model, x, y, epochs)
-        results[f"quant_noise_{setting}"] = {"accuracy": _accuracy(qn_model, xt, yt), "bytes": float_bytes,
-                                             "compression": 1.0}
-        log(f"  Quant-Noise model accuracy {results[f'quant_noise_{setting}']['accuracy']:.4f}")
-        for arm, source in (("plain_ipq", float_model), ("quant_noise_ipq", qn_model)):
-            log(f"{arm} {setting}: iPQ without fine-tuning, then with {finetune} epoch(s) per stage")
-            before, _ = quantize_pq(source, loss=_loss(), verbose=0, **kwargs)
-            after, stages = quantize_pq(source, x, y, finetune_epochs=finetune, loss=_loss(),
-                                        optimizer=lambda: keras.optimizers.Adam(1e-4), verbose=0, **kwargs)
-            size = model_size(after)
-            entry = {"accuracy_before_finetune": _accuracy(before, xt, yt), "accuracy": _accuracy(after, xt, yt),
-                     "bytes": size.bytes, "compression": float_bytes / size.bytes,
-                     "layers": {k: v for s in stages for k, v in s["layers"].items()}}
-            if arm == "quant_noise_ipq" and setting == "K256_d8":
-                dense = to_dense_model(after)
-                flatbuffer = tflite_export.convert(dense, representative_data=x[:200], per_channel=False)
-                (out_dir / "quant_noise_pq_int8.tflite").write_bytes(flatbuffer)
-                entry["tflite_int8_bytes"] = len(flatbuffer)
-                entry["tflite_int8_accuracy"] = float(np.mean(np.argmax(tflite_export.run(flatbuffer, xt), 1) == yt))
-                entry["size_table"] = str(size)
-            results[f"{arm}_{setting}"] = entry
-            log(f"  accuracy {entry['accuracy_before_finetune']:.4f} -> {entry['accuracy']:.4f}, "
-                f"{entry['bytes']} bytes ({entry['compression']:.1f}x)")
+    def record(name, entry):
+        per_seed.setdefault(name, []).append(entry)
 
-    cluster_epochs = finetune * 4  # the same total fine-tuning budget as iPQ's four stages
-    for n_clusters in (2, 4):
-        log(f"tfmot clustering, {n_clusters} clusters per layer, {cluster_epochs} epoch(s) fine-tuning")
-        cluster_x = x if cluster_epochs >= 1 else x[:int(len(x) * cluster_epochs)]
-        stripped, ideal, gz, dense_bytes = _tfmot_cluster(float_model, n_clusters, cluster_x, y[:len(cluster_x)],
-                                                          max(1, int(cluster_epochs)))
-        results[f"tfmot_cluster_{n_clusters}"] = {
-            "accuracy": _accuracy(stripped, xt, yt), "bytes": ideal, "compression": float_bytes / ideal,
-            "tflite_gzip_bytes": gz, "tflite_bytes": dense_bytes, "compression_gzip": float_bytes / gz}
-        log(f"  accuracy {results[f'tfmot_cluster_{n_clusters}']['accuracy']:.4f}, ideal {ideal} bytes, "
-            f"gzip'd file {gz} bytes")
+    float_bytes = None
+    export = {}
+    for seed in seeds:
+        log(f"seed {seed}: float training, {epochs} epochs on {len(x)} images")
+        keras.utils.set_random_seed(seed)
+        float_model = _train(build_cnn(), x, y, epochs)
+        float_bytes = model_size(float_model).bytes
+        record("float", {"accuracy": _accuracy(float_model, xt, yt)})
+        log(f"  float accuracy {per_seed['float'][-1]['accuracy']:.4f}")
+
+        keras.utils.set_random_seed(seed + 100)
+        plain = build_cnn()
+        plain.set_weights(float_model.get_weights())
+        _train(plain, x, y, extra)
+        record("plain_float", {"accuracy": _accuracy(plain, xt, yt)})
+        log(f"  plain: +{extra} epoch(s) without noise, "
+            f"accuracy {per_seed['plain_float'][-1]['accuracy']:.4f}")
+
+        for setting, kwargs in SETTINGS.items():
+            keras.utils.set_random_seed(seed + 100)
+            qn_model = add_quant_noise(float_model, noise_rate=noise["noise_rate"], noise=noise["noise"],
+                                       block_sizes=kwargs["block_sizes"], n_centroids=kwargs["n_centroids"])
+            qn_model.compile(keras.optimizers.Adam(1e-3), _loss())
+            qn_model.fit(x, y, batch_size=BATCH, epochs=extra, verbose=0,
+                         callbacks=[QuantNoiseCentroidRefresh(noise["refresh_every_n_batches"])])
+            record(f"quant_noise_float_{setting}", {"accuracy": _accuracy(qn_model, xt, yt)})
+            log(f"  Quant-Noise {setting}: +{extra} epoch(s) with {noise}, accuracy "
+                f"{per_seed[f'quant_noise_float_{setting}'][-1]['accuracy']:.4f}")
+            for arm, source in (("plain_ipq", plain), ("quant_noise_ipq", qn_model)):
+                entry = {}
+                for budget, ft in budgets.items():
+                    if ft == 0:
+                        quantized, stages = quantize_pq(source, loss=_loss(), verbose=0, seed=seed, **kwargs)
+                    else:
+                        quantized, stages = quantize_pq(
+                            source, x, y, finetune_epochs=ft, loss=_loss(), seed=seed, verbose=0,
+                            optimizer=lambda: keras.optimizers.Adam(1e-4), **kwargs)
+                    entry[f"accuracy_{budget}"] = _accuracy(quantized, xt, yt)
+                size = model_size(quantized)
+                entry.update(bytes=size.bytes, compression=float_bytes / size.bytes,
+                             layers={k: v for s in stages for k, v in s["layers"].items()})
+                if arm == "quant_noise_ipq" and setting == "K256_d8" and seed == seeds[0]:
+                    dense = to_dense_model(quantized)
+                    flatbuffer = tflite_export.convert(dense, representative_data=x[:200], per_channel=False)
+                    (out_dir / "quant_noise_pq_int8.tflite").write_bytes(flatbuffer)
+                    predicted = np.argmax(tflite_export.run(flatbuffer, xt), 1)
+                    export = {"tflite_int8_bytes": len(flatbuffer), "size_table": str(size),
+                              "tflite_int8_accuracy": float(np.mean(predicted == yt))}
+                record(f"{arm}_{setting}", entry)
+                log(f"  {arm} {setting}: accuracy none/short/full "
+                    + " / ".join(f"{entry[f'accuracy_{b}']:.4f}" for b in BUDGETS)
+                    + f", {entry['bytes']} bytes ({entry['compression']:.1f}x)")
+
+        cluster_epochs = extra + finetune * 4  # the same budget as the iPQ arms after the float model
+        for n_clusters in ((2, 4) if seed == seeds[0] else (2,)):
+            log(f"  tfmot clustering, {n_clusters} clusters per layer, {cluster_epochs} epoch(s) fine-tuning")
+            whole = int(math.ceil(cluster_epochs))
+            cluster_x = x[:int(len(x) * cluster_epochs / whole)]
+            stripped, ideal, gz, dense_bytes = _tfmot_cluster(float_model, n_clusters, cluster_x,
+                                                              y[:len(cluster_x)], whole)
+            record(f"tfmot_cluster_{n_clusters}", {
+                "accuracy": _accuracy(stripped, xt, yt), "bytes": ideal, "compression": float_bytes / ideal,
+                "tflite_gzip_bytes": gz, "tflite_bytes": dense_bytes, "compression_gzip": float_bytes / gz})
+            log(f"    accuracy {per_seed[f'tfmot_cluster_{n_clusters}'][-1]['accuracy']:.4f}, "
+                f"ideal {ideal} bytes, gzip'd file {gz} bytes")
+
+    results = {}
+    for name, entries in per_seed.items():
+        row = {k: v for k, v in entries[0].items() if not k.startswith("accuracy")}
+        row.setdefault("bytes", float_bytes)
+        row.setdefault("compression", 1.0)
+        row["seeds"] = list(seeds[:len(entries)])
+        for key in entries[0]:
+            if key.startswith("accuracy"):
+                row[key] = _stats([e[key] for e in entries])
+        results[name] = row
+    results["quant_noise_ipq_K256_d8"].update(export)
+    differences = {}
+    for setting in SETTINGS:
+        plain_rows, qn_rows = per_seed[f"plain_ipq_{setting}"], per_seed[f"quant_noise_ipq_{setting}"]
+        differences[setting] = {
+            b: _stats([q[f"accuracy_{b}"] - p[f"accuracy_{b}"] for p, q in zip(plain_rows, qn_rows)])
+            for b in BUDGETS}
 
     report = {"benchmark": "quant_noise_pq", "quick": quick, "command": command,
               "date": datetime.datetime.now().isoformat(timespec="seconds"),
               "machine": {"platform": platform.platform(), "tensorflow": tf.__version__},
-              "setup": {"train_images": len(x), "test_images": len(xt), "epochs": epochs,
-                        "finetune_epochs_per_stage": finetune, "noise": "proxy", "noise_rate": noise_rate,
-                        "settings": settings},
-              "results": results, "seconds": round(time.perf_counter() - t0, 1)}
+              "setup": {"train_images": len(x), "test_images": len(xt), "seeds": list(seeds),
+                        "epochs": epochs, "extra_epochs": extra, "quant_noise": noise,
+                        "finetune_epochs_per_stage": {"none": 0, "short": short_ft, "full": finetune},
+                        "tfmot_finetune_epochs": extra + finetune * 4, "settings": SETTINGS},
+              "results": results, "differences_quant_noise_minus_plain": differences,
+              "seconds": round(time.perf_counter() - t0, 1)}
     (out_dir / "quant_noise_pq.json").write_text(json.dumps(report, indent=2))
     (out_dir / "quant_noise_pq.md").write_text(_table(report))
     _plot(results, out_dir / "quant_noise_pq.png")
@@ -168,56 +229,95 @@ def main(out_dir, quick: bool = False, command: str = "") -> dict:
     return report
 
 
+def _pct(stat) -> str:
+    return f"{100 * stat['mean']:.2f} ± {100 * stat['std']:.2f}"
+
+
 def _table(report) -> str:
-    lines = ["| arm | accuracy before fine-tune | accuracy | bytes | compression vs float32 |", "|---|---:|---:|---:|---:|"]
-    for name, row in report["results"].items():
-        before = row.get("accuracy_before_finetune")
-        lines.append(f"| {name} | {'-' if before is None else f'{before:.4f}'} | {row['accuracy']:.4f} | "
-                     f"{row['bytes']} | {row['compression']:.1f}x |")
-    extra = report["results"].get("quant_noise_ipq_K256_d8", {})
+    results, n = report["results"], len(report["setup"]["seeds"])
+    ft = report["setup"]["finetune_epochs_per_stage"]
+    lines = [f"Accuracy (%) on the Fashion-MNIST test set, mean ± sample standard deviation over {n} seed(s) "
+             f"{report['setup']['seeds']}. iPQ centroid fine-tuning per stage (4 stages): none, short "
+             f"{ft['short']} epoch, full {ft['full']} epoch.", "",
+             "| arm | bytes | compression vs float32 | no fine-tune | short fine-tune "
+             "| full fine-tune / accuracy |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, row in results.items():
+        if "accuracy_none" in row:
+            cells = [_pct(row[f"accuracy_{b}"]) for b in BUDGETS]
+        else:
+            cells = ["-", "-", _pct(row["accuracy"])]
+        seeds = "" if len(row["seeds"]) == n else f" (seed {', '.join(map(str, row['seeds']))} only)"
+        lines.append(f"| {name}{seeds} | {row['bytes']} | {row['compression']:.1f}x | "
+                     + " | ".join(cells) + " |")
+    lines += ["", "Quant-Noise + iPQ minus plain iPQ, paired by seed (points; mean ± standard deviation; "
+              "per seed):", "",
+              "| setting | no fine-tune | short fine-tune | full fine-tune |", "|---|---:|---:|---:|"]
+    for setting, diffs in report["differences_quant_noise_minus_plain"].items():
+        cells = [f"{100 * d['mean']:+.2f} ± {100 * d['std']:.2f} ("
+                 + ", ".join(f"{100 * v:+.2f}" for v in d["values"]) + ")"
+                 for d in (diffs[b] for b in BUDGETS)]
+        lines.append(f"| {setting} | " + " | ".join(cells) + " |")
+    seed_columns = " | ".join(f"seed {s}" for s in report["setup"]["seeds"])
+    lines += ["", "Per-seed accuracies (%):", "", f"| arm | {seed_columns} |", "|---|" + "---:|" * n]
+    for name, row in results.items():
+        for key in [k for k in row if k.startswith("accuracy")]:
+            budget = {"none": "no", "short": "short", "full": "full"}.get(key[len("accuracy_"):], "")
+            label = name if key == "accuracy" else f"{name}, {budget} fine-tune"
+            lines.append(f"| {label} | " + " | ".join(f"{100 * v:.2f}" for v in row[key]["values"]) + " |")
+    extra = results.get("quant_noise_ipq_K256_d8", {})
+    lines.append("")
     if "tflite_int8_bytes" in extra:
-        lines.append(f"\nQuant-Noise + iPQ (K256_d8) as a dense per-tensor int8 .tflite: {extra['tflite_int8_bytes']} "
-                     f"bytes, accuracy {extra['tflite_int8_accuracy']:.4f}.")
-    for n in (2, 4):
-        row = report["results"].get(f"tfmot_cluster_{n}")
+        lines.append(f"Quant-Noise + iPQ (K256_d8, seed {report['setup']['seeds'][0]}, full fine-tune) as a "
+                     f"dense per-tensor int8 .tflite: {extra['tflite_int8_bytes']} bytes, accuracy "
+                     f"{100 * extra['tflite_int8_accuracy']:.2f}%.")
+    for n_clusters in (2, 4):
+        row = results.get(f"tfmot_cluster_{n_clusters}")
         if row:
-            lines.append(f"tfmot clustering ({n} clusters): the shipped float32 .tflite is {row['tflite_bytes']} bytes, "
-                         f"{row['tflite_gzip_bytes']} after gzip ({row['compression_gzip']:.1f}x).")
+            lines.append(f"tfmot clustering ({n_clusters} clusters, seed {row['seeds'][0]}): the shipped "
+                         f"float32 .tflite is {row['tflite_bytes']} bytes, {row['tflite_gzip_bytes']} after "
+                         f"gzip ({row['compression_gzip']:.1f}x).")
+    lines.append(f"\nWall time: {report['seconds']:.0f} s.")
     return "\n".join(lines) + "\n"
 
 
 def _plot(results, path) -> None:
-    """Accuracy vs size; filled markers after centroid fine-tuning, hollow ones before."""
+    """Accuracy vs size, mean ± std over seeds; filled markers after full fine-tuning, hollow ones before."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    styles = {"float": ("k", "*", "float32"), "quant_noise_K": ("tab:gray", "*", "Quant-Noise model (float32)"),
+    styles = {"float": ("k", "*", "float32 (4 epochs)"),
+              "plain_float": ("tab:blue", "*", "float32 (5 epochs)"),
               "plain_ipq": ("tab:blue", "o", "plain training -> iPQ"),
-              "quant_noise_ipq": ("tab:red", "s", "Quant-Noise -> iPQ"),
+              "quant_noise_ipq": ("tab:red", "s", "Quant-Noise (pq, p=0.5) -> iPQ"),
               "tfmot_cluster": ("tab:green", "^", "tfmot clustering (ideal packed size)")}
     seen = set()
     for name, row in results.items():
-        key = next(k for k in sorted(styles, key=len, reverse=True) if name.startswith(k))
+        key = next((k for k in sorted(styles, key=len, reverse=True) if name.startswith(k)), None)
+        if key is None:
+            continue
         color, marker, label = styles[key]
         kib = row["bytes"] / 1024
-        ax.scatter(kib, 100 * row["accuracy"], color=color, marker=marker, s=70,
-                   label=None if key in seen else label)
+        final = row.get("accuracy_full", row.get("accuracy"))
+        ax.errorbar(kib, 100 * final["mean"], yerr=100 * final["std"], color=color, marker=marker, ms=8,
+                    capsize=3, label=None if key in seen else label, linestyle="none")
         seen.add(key)
-        if "accuracy_before_finetune" in row:
-            ax.scatter(kib, 100 * row["accuracy_before_finetune"], facecolors="none", edgecolors=color,
-                       marker=marker, s=70)
-            ax.plot([kib, kib], [100 * row["accuracy_before_finetune"], 100 * row["accuracy"]], color=color,
-                    alpha=0.3)
+        if "accuracy_none" in row:
+            before = row["accuracy_none"]
+            ax.errorbar(kib, 100 * before["mean"], yerr=100 * before["std"], color=color, marker=marker, ms=8,
+                        mfc="none", capsize=3, linestyle="none")
+            ax.plot([kib, kib], [100 * before["mean"], 100 * final["mean"]], color=color, alpha=0.3)
         if name.startswith(("plain_ipq", "tfmot")):
             ax.annotate(name.split("_")[-1] if "ipq" in name else name.split("_")[-1] + " clusters",
-                        (kib, 100 * row["accuracy"]), fontsize=7, xytext=(6, -10), textcoords="offset points")
+                        (kib, 100 * final["mean"]), fontsize=7, xytext=(6, -10), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("model size (KiB, log scale; indices + codebooks + float32 rest)")
     ax.set_ylabel("Fashion-MNIST test accuracy (%)")
-    ax.set_title("iPQ with and without Quant-Noise vs tfmot clustering\n(hollow: before centroid fine-tuning)")
+    ax.set_title("iPQ with and without Quant-Noise vs tfmot clustering, mean ± std over seeds\n"
+                 "(hollow: iPQ before centroid fine-tuning; filled: after)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
