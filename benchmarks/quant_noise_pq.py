@@ -33,7 +33,6 @@ import numpy as np
 
 from tfq_ext._keras import keras, tf
 
-SEED = 0
 BATCH = 128
 
 
