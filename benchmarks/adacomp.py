@@ -39,6 +39,74 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+# --- shared by the CNN and the LM benchmark (benchmarks/adacomp_lm.py) ------------------------------------------
+
+def distributed_setup(tf):
+    """``LEARNERS`` logical CPU devices (before TensorFlow initialises them), their MirroredStrategy and the
+    dataset options that shard by data."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * LEARNERS)
+    strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(LEARNERS)])
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return strategy, options
+
+
+def compressed_optimizer(optimizer, spec, results: dict):
+    """(optimizer, compressor) for an arm spec: None (dense), AdaComp kwargs, or "matched" (top-k at the
+    adacomp arm's measured rate per layer kind)."""
+    from tfq_ext.distribute import AdaComp, TopK, with_adacomp
+
+    if spec is None:
+        return optimizer, None
+    if spec == "matched":
+        compressor = TopK({k: 1.0 / max(v, 1e-12) for k, v in results["adacomp"]["sent_fraction"].items()})
+    else:
+        compressor = AdaComp(**spec)
+    return with_adacomp(optimizer, compressor=compressor), compressor
+
+
+def traffic(compressor, n_params: int, logged: list, logged_key: str) -> dict:
+    """Bytes per learner and step against dense float32, and per-kind compression from the compressor's report."""
+    from tfq_ext.distribute import TopK
+
+    row = {"dense_bytes_per_step": 4.0 * n_params}
+    if compressor is None:
+        row.update(wire_bytes_per_step=4.0 * n_params, wire_reduction=1.0)
+        return row
+    report = compressor.report()
+    kinds = [k for k in ("conv", "fc", "other") if f"{k}_compression" in report]
+    row.update(wire_bytes_per_step=report["wire_bytes_per_step"], wire_reduction=report["wire_reduction"],
+               compression={k: report[f"{k}_compression"] for k in kinds},
+               sent_fraction={k: report[f"{k}_sent_fraction"] for k in kinds})
+    row[logged_key] = logged
+    if isinstance(compressor, TopK):
+        row["rates"] = dict(compressor.rates)
+    return row
+
+
+def run_fresh(module: str, out_dir: Path, name: str, quick: bool, command: str, args: list) -> dict:
+    """Runs ``python -m module RAW *args`` in a fresh process and wraps its JSON into the benchmark report.
+
+    A fresh process because the logical devices cannot be configured once TensorFlow has initialised its devices.
+    """
+    t0 = time.perf_counter()
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    raw = out_dir / f"{name}.raw.json"
+    subprocess.run([sys.executable, "-m", module, str(raw), *args], env=env, cwd=root, check=True)
+    setup = json.loads(raw.read_text())
+    raw.unlink()
+    results = setup.pop("results")
+    import tensorflow as tf
+
+    return {"benchmark": name, "quick": quick, "command": command,
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "machine": {"platform": platform.platform(), "tensorflow": tf.__version__, "cpus": os.cpu_count()},
+            "setup": setup, "results": results, "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def build_cnn(keras):
     layers = keras.layers
     return keras.Sequential([
@@ -63,21 +131,17 @@ def run_arms(quick: bool, train_images: int | None = None, epochs: int | None = 
     """Trains every arm in this process (which must not have initialised TensorFlow's devices yet)."""
     from tfq_ext._keras import keras, tf
 
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * LEARNERS)
+    strategy, options = distributed_setup(tf)
     import numpy as np
 
     from tfq_ext.data import load_fashion_mnist
-    from tfq_ext.distribute import AdaComp, AdaCompLogger, TopK, with_adacomp
+    from tfq_ext.distribute import AdaCompLogger
 
     data = load_fashion_mnist(limit_train=train_images or (12000 if quick else None))
     x, y, xt, yt = data.x_train, data.y_train, data.x_test, data.y_test
     if quick:
         xt, yt = xt[:2000], yt[:2000]
     epochs = epochs or (2 if quick else 8)
-    strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(LEARNERS)])
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     results = {}
     for name, spec in _arms(quick):
         keras.utils.set_random_seed(SEED)
@@ -85,15 +149,7 @@ def run_arms(quick: bool, train_images: int | None = None, epochs: int | None = 
                    .batch(BATCH, drop_remainder=True).with_options(options))
         with strategy.scope():
             model = build_cnn(keras)
-            optimizer = keras.optimizers.SGD(LR, momentum=0.9)
-            compressor = None
-            if spec == "matched":
-                rates = {k: 1.0 / max(v, 1e-12) for k, v in results["adacomp"]["sent_fraction"].items()}
-                compressor = TopK(rates)
-            elif spec is not None:
-                compressor = AdaComp(**spec)
-            if compressor is not None:
-                optimizer = with_adacomp(optimizer, compressor=compressor)
+            optimizer, compressor = compressed_optimizer(keras.optimizers.SGD(LR, momentum=0.9), spec, results)
             model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                           metrics=["accuracy"])
         callbacks = [AdaCompLogger()] if compressor is not None else []
@@ -104,18 +160,8 @@ def run_arms(quick: bool, train_images: int | None = None, epochs: int | None = 
         accuracy = float(np.mean(np.argmax(model.predict(xt, batch_size=1024, verbose=0), 1) == yt))
         n_params = int(sum(np.prod(w.shape) for w in model.trainable_weights))
         row = {"accuracy": accuracy, "train_loss": [float(v) for v in history.history["loss"]],
-               "seconds": round(seconds, 1), "dense_bytes_per_step": 4.0 * n_params}
-        if compressor is None:
-            row.update(wire_bytes_per_step=4.0 * n_params, wire_reduction=1.0)
-        else:
-            report = compressor.report()
-            kinds = [k for k in ("conv", "fc", "other") if f"{k}_compression" in report]
-            row.update(wire_bytes_per_step=report["wire_bytes_per_step"], wire_reduction=report["wire_reduction"],
-                       compression={k: report[f"{k}_compression"] for k in kinds},
-                       sent_fraction={k: report[f"{k}_sent_fraction"] for k in kinds},
-                       per_epoch=callbacks[0].epochs)
-            if isinstance(compressor, TopK):
-                row["rates"] = dict(compressor.rates)
+               "seconds": round(seconds, 1)}
+        row.update(traffic(compressor, n_params, callbacks[0].epochs if callbacks else None, "per_epoch"))
         results[name] = row
         log(f"  accuracy {accuracy:.4f}, {row['wire_bytes_per_step']:.0f} bytes/learner/step "
             f"({row['wire_reduction']:.1f}x less than dense), compression {row.get('compression')}, "
@@ -132,23 +178,8 @@ def main(out_dir, quick: bool = False, command: str = "", train_images: int | No
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    raw = out_dir / "adacomp.raw.json"
-    # A fresh process: the 4 logical devices cannot be configured once TensorFlow has initialised its devices.
-    args = [str(raw), "--quick" if quick else "--full", str(train_images or 0), str(epochs or 0)]
-    subprocess.run([sys.executable, "-m", "benchmarks.adacomp", *args], env=env, cwd=root, check=True)
-    setup = json.loads(raw.read_text())
-    raw.unlink()
-    results = setup.pop("results")
-    import tensorflow as tf
-
-    report = {"benchmark": "adacomp", "quick": quick, "command": command,
-              "date": datetime.datetime.now().isoformat(timespec="seconds"),
-              "machine": {"platform": platform.platform(), "tensorflow": tf.__version__, "cpus": os.cpu_count()},
-              "setup": setup, "results": results, "seconds": round(time.perf_counter() - t0, 1)}
+    args = ["--quick" if quick else "--full", str(train_images or 0), str(epochs or 0)]
+    report = run_fresh("benchmarks.adacomp", out_dir, "adacomp", quick, command, args)
     (out_dir / "adacomp.json").write_text(json.dumps(report, indent=2))
     (out_dir / "adacomp.md").write_text(_table(report))
     print(_table(report), flush=True)

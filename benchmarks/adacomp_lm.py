@@ -26,21 +26,16 @@ References:
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.adacomp import log
+from benchmarks.adacomp import LEARNERS, compressed_optimizer, distributed_setup, log, run_fresh, traffic
 
 SEED = 0
 BATCH = 128
-LEARNERS = 4
 SEQ_LEN = 100
 EMBED, UNITS = 64, 256
 LR, CLIPNORM = 1e-2, 1.0
@@ -68,12 +63,11 @@ def run_arms(quick: bool, steps: int | None = None, intervals: int = 5, test_seq
     """Trains every arm in this process (which must not have initialised TensorFlow's devices yet)."""
     from tfq_ext._keras import keras, tf
 
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * LEARNERS)
+    strategy, options = distributed_setup(tf)
     import numpy as np
 
     from tfq_ext.data import char_lm_split, load_shakespeare
-    from tfq_ext.distribute import AdaComp, AdaCompLogger, TopK, with_adacomp
+    from tfq_ext.distribute import AdaCompLogger
 
     vocab, x, y, xt, yt = char_lm_split(load_shakespeare(), seq_len=SEQ_LEN)
     test_sequences = test_sequences or (200 if quick else 1000)
@@ -82,9 +76,6 @@ def run_arms(quick: bool, steps: int | None = None, intervals: int = 5, test_seq
     intervals = min(intervals, steps)
     per_interval = steps // intervals
     steps = per_interval * intervals
-    strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(LEARNERS)])
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     results = {}
     for name, spec in _arms(quick):
         keras.utils.set_random_seed(SEED)
@@ -92,15 +83,8 @@ def run_arms(quick: bool, steps: int | None = None, intervals: int = 5, test_seq
                    .batch(BATCH, drop_remainder=True).with_options(options))
         with strategy.scope():
             model = build_lstm(keras, len(vocab))
-            optimizer = keras.optimizers.Adam(LR, global_clipnorm=CLIPNORM)
-            compressor = None
-            if spec == "matched":
-                rates = {k: 1.0 / max(v, 1e-12) for k, v in results["adacomp"]["sent_fraction"].items()}
-                compressor = TopK(rates)
-            elif spec is not None:
-                compressor = AdaComp(**spec)
-            if compressor is not None:
-                optimizer = with_adacomp(optimizer, compressor=compressor)
+            optimizer, compressor = compressed_optimizer(keras.optimizers.Adam(LR, global_clipnorm=CLIPNORM), spec,
+                                                         results)
             model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         callbacks = [AdaCompLogger()] if compressor is not None else []
         log(f"{name}: {steps} steps ({intervals} x {per_interval}), {LEARNERS} learners")
@@ -112,18 +96,8 @@ def run_arms(quick: bool, steps: int | None = None, intervals: int = 5, test_seq
         bpc = nats / math.log(2.0)
         n_params = int(sum(np.prod(w.shape) for w in model.trainable_weights))
         row = {"test_bpc": bpc, "train_bpc": [float(v) / math.log(2.0) for v in history.history["loss"]],
-               "seconds": round(seconds, 1), "dense_bytes_per_step": 4.0 * n_params}
-        if compressor is None:
-            row.update(wire_bytes_per_step=4.0 * n_params, wire_reduction=1.0)
-        else:
-            report = compressor.report()
-            kinds = [k for k in ("conv", "fc", "other") if f"{k}_compression" in report]
-            row.update(wire_bytes_per_step=report["wire_bytes_per_step"], wire_reduction=report["wire_reduction"],
-                       compression={k: report[f"{k}_compression"] for k in kinds},
-                       sent_fraction={k: report[f"{k}_sent_fraction"] for k in kinds},
-                       per_interval=callbacks[0].epochs)
-            if isinstance(compressor, TopK):
-                row["rates"] = dict(compressor.rates)
+               "seconds": round(seconds, 1)}
+        row.update(traffic(compressor, n_params, callbacks[0].epochs if callbacks else None, "per_interval"))
         results[name] = row
         log(f"  test bpc {bpc:.4f}, {row['wire_bytes_per_step']:.0f} bytes/learner/step "
             f"({row['wire_reduction']:.1f}x less than dense), compression {row.get('compression')}, {seconds:.0f} s")
@@ -144,22 +118,8 @@ def main(out_dir, quick: bool = False, command: str = "", steps: int | None = No
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    raw = out_dir / "adacomp_lm.raw.json"
-    args = [str(raw), "--quick" if quick else "--full", str(steps or 0), str(test_sequences or 0)]
-    subprocess.run([sys.executable, "-m", "benchmarks.adacomp_lm", *args], env=env, cwd=root, check=True)
-    setup = json.loads(raw.read_text())
-    raw.unlink()
-    results = setup.pop("results")
-    import tensorflow as tf
-
-    report = {"benchmark": "adacomp_lm", "quick": quick, "command": command,
-              "date": datetime.datetime.now().isoformat(timespec="seconds"),
-              "machine": {"platform": platform.platform(), "tensorflow": tf.__version__, "cpus": os.cpu_count()},
-              "setup": setup, "results": results, "seconds": round(time.perf_counter() - t0, 1)}
+    args = ["--quick" if quick else "--full", str(steps or 0), str(test_sequences or 0)]
+    report = run_fresh("benchmarks.adacomp_lm", out_dir, "adacomp_lm", quick, command, args)
     name = "adacomp_lm_quick" if quick else "adacomp_lm"
     (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2))
     (out_dir / f"{name}.md").write_text(_table(report))
