@@ -19,6 +19,8 @@ import collections
 import numpy as np
 import tensorflow_gnn as tfgnn
 
+from tflite_export._graph import check_flatbuffer, dtype_name, load_static_graph
+from tflite_export.runtime import make_interpreter
 from tfq_ext._keras import keras, tf
 
 __all__ = ["plain_tensor_model", "convert_graph_model", "float_ops", "GraphInterpreter"]
@@ -126,9 +128,8 @@ class GraphInterpreter:
     _ROLES = ("node_features", "source", "target")
 
     def __init__(self, flatbuffer: bytes):
-        from ai_edge_litert.interpreter import Interpreter
-
-        self.interpreter = Interpreter(model_content=flatbuffer)
+        # Inputs are resized per graph before the first allocation.
+        self.interpreter = make_interpreter(flatbuffer, allocate=False)
         self._inputs = {}
         for detail in self.interpreter.get_input_details():
             role = [r for r in self._ROLES if r in detail["name"]]
@@ -157,19 +158,8 @@ class GraphInterpreter:
 
 def float_ops(flatbuffer: bytes) -> dict:
     """Op name -> ``{"int8": n, "float32": m, ...}`` by the dtype of each node's first output."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_content=flatbuffer,
-                              experimental_op_resolver_type=_no_delegate_resolver())
-    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    graph = load_static_graph(check_flatbuffer(flatbuffer, "flatbuffer"))
     histogram: dict = collections.defaultdict(collections.Counter)
-    for op in interpreter._get_ops_details():  # noqa: SLF001 - the interpreter's only per-node listing
-        out = op["outputs"][0]
-        histogram[op["op_name"]][np.dtype(tensors[out]["dtype"]).name] += 1
+    for op in graph.ops:
+        histogram[op["op_name"]][dtype_name(graph.tensors[op["outputs"][0]]["dtype"])] += 1
     return {name: dict(counts) for name, counts in sorted(histogram.items())}
-
-
-def _no_delegate_resolver():
-    from ai_edge_litert.interpreter import OpResolverType
-
-    return OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES

@@ -52,6 +52,10 @@ def _component_ids(node_set) -> tf.Tensor:
 class _DegreeQuantConv(tfgnn.keras.layers.AnyToAnyConvolutionBase):
     """Shared part: argument checks, in-degrees and the protection mask for ``convolve``."""
 
+    # Whether ``convolve`` reads the in-degrees itself (GCN's normalisation); otherwise they are computed only
+    # for the protection mask.
+    _uses_degree = False
+
     def __init__(self, units: int, *, num_bits: int = 8, mode: str = "dq", p_min: float | None = None,
                  p_max: float | None = None, percentile: float | None = None, ema_decay: float = 0.99,
                  activation="relu", quantize_input: bool = True, receiver_tag=tfgnn.TARGET, **kwargs):
@@ -95,13 +99,20 @@ class _DegreeQuantConv(tfgnn.keras.layers.AnyToAnyConvolutionBase):
             raise ValueError(f"{type(self).__name__} needs an edge set between nodes of one node set; edge set "
                              f"{edge_set_name!r} connects {adjacency.source_name!r} -> {adjacency.target_name!r}.")
         training = resolve_training(training)
-        self._degree = in_degree(graph, edge_set_name, tag)
-        protect = self.settings["mode"] == "dq" and self.settings["p_max"] > 0.0
+        static_training = training if isinstance(training, bool) else tf.get_static_value(training)
+        # Inference known at trace time (evaluate, predict, the exported graph) needs no mask and, for GIN, no
+        # degrees: nothing of the protection reaches the TFLite file.
+        protect = (self.settings["mode"] == "dq" and self.settings["p_max"] > 0.0
+                   and (static_training is None or bool(static_training)))
+        if protect or self._uses_degree:
+            self._degree = in_degree(graph, edge_set_name, tag)
         if protect:
-            probability = protection_probability(self._degree, _component_ids(graph.node_sets[receiver]),
-                                                 self.settings["p_min"], self.settings["p_max"])
-            self._protected = smart_cond(training, lambda: sample_protection(probability),
-                                         lambda: tf.zeros(tf.shape(probability), tf.bool))
+            degree, nodes = self._degree, graph.node_sets[receiver]
+            self._protected = smart_cond(
+                training,
+                lambda: sample_protection(protection_probability(
+                    degree, _component_ids(nodes), self.settings["p_min"], self.settings["p_max"])),
+                lambda: tf.zeros(tf.shape(degree), tf.bool))
         try:
             return super().call(graph, edge_set_name=edge_set_name, receiver_tag=receiver_tag, training=training)
         finally:
@@ -136,6 +147,8 @@ class DegreeQuantGCN(_DegreeQuantConv):
         add_self_loops: include each node's own features (the paper's A + I).
         receiver_tag: ``tfgnn.TARGET`` (default) or ``tfgnn.SOURCE``.
     """
+
+    _uses_degree = True
 
     def __init__(self, units: int, *, add_self_loops: bool = True, **kwargs):
         super().__init__(units, **kwargs)

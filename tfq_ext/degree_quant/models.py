@@ -13,7 +13,7 @@ import tensorflow_gnn as tfgnn
 
 from tfq_ext._keras import keras, tf
 from tfq_ext.degree_quant.layers import DegreeQuantGCN, DegreeQuantGIN
-from tfq_ext.degree_quant.quantizer import QuantDense, check_settings
+from tfq_ext.degree_quant.quantizer import QuantDense
 
 __all__ = ["NODES", "EDGES", "FEATURE", "graph_tensor", "molecule_dataset", "node_dataset", "build_gnn"]
 
@@ -93,8 +93,6 @@ def build_gnn(graph_spec: tfgnn.GraphTensorSpec, num_classes: int, *, conv: str 
         raise ValueError(f"`conv` must be one of {sorted(CONVOLUTIONS)}. Received: conv={conv!r}")
     if task not in ("graph", "node"):
         raise ValueError(f"`task` must be 'graph' or 'node'. Received: task={task!r}")
-    settings = check_settings(mode, num_bits, dq_kwargs.get("p_min"), dq_kwargs.get("p_max"),
-                              dq_kwargs.get("percentile"))
     inputs = keras.Input(type_spec=graph_spec)
     graph = inputs
     for i in range(num_layers):
@@ -106,6 +104,8 @@ def build_gnn(graph_spec: tfgnn.GraphTensorSpec, num_classes: int, *, conv: str 
         states = tfgnn.keras.layers.Pool(tfgnn.CONTEXT, "mean", node_set_name=NODES)(graph)
     else:
         states = graph.node_sets[NODES][FEATURE]
-    logits = QuantDense(num_classes, mode=mode, num_bits=num_bits, percentile=settings["percentile"],
-                        quantize_input=task == "graph", name="head")(states)
+    # The head shares the convolutions' range settings (protection does not apply to it).
+    logits = QuantDense(num_classes, mode=mode, num_bits=num_bits, percentile=dq_kwargs.get("percentile"),
+                        ema_decay=dq_kwargs.get("ema_decay", 0.99), quantize_input=task == "graph",
+                        name="head")(states)
     return keras.Model(inputs, logits, name=f"{conv}_{mode}_int{num_bits}")
