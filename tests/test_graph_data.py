@@ -122,6 +122,8 @@ def test_bad_arguments_name_the_choice():
         gd.load_solubility("val")
     with pytest.raises(ValueError, match=r"`side` must be one of \('left', 'right'\). Received: side='middle'"):
         gd.load_drosophila("middle")
+    with pytest.raises(ValueError, match=r"`features` must be one of \('ones', 'degree'\). Received: features='x'"):
+        gd.load_drosophila("left", features="x")
 
 
 def test_missing_wheel_says_how_to_install():
@@ -152,3 +154,16 @@ def test_drosophila():
     assert np.bincount(left.labels).tolist() == [21, 101, 29, 58]
     # Projection neurons (P) only send into the mushroom body: source -> target direction kept as in the file.
     assert left.in_degree()[left.labels == gd.DROSOPHILA_CLASSES.index("P")].max() == 0
+
+
+def test_drosophila_degree_features():
+    _require("graspologic", "3.4.4")
+    graph = gd.load_drosophila("left", features="degree")
+    assert graph.features.shape == (209, 4) and graph.features.dtype == np.float32
+    np.testing.assert_allclose(graph.features.mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(graph.features.std(0), 1.0, atol=1e-5)
+    log_in = np.log1p(graph.in_degree())
+    np.testing.assert_allclose(graph.features[:, 0], (log_in - log_in.mean()) / log_in.std(), atol=1e-5)
+    # Synapse counts received (column 2) follow the edge weights, not the edge count.
+    received = np.bincount(graph.edges[1], weights=graph.edge_weights, minlength=209)
+    assert np.corrcoef(graph.features[:, 2], np.log1p(received))[0, 1] > 0.9999

@@ -219,17 +219,22 @@ def load_solubility(split: str = "train") -> list:
     return parse_sdf(path.read_text(encoding="utf-8"))
 
 
-def load_drosophila(side: str = "left") -> NodeGraph:
+def load_drosophila(side: str = "left", features: str = "ones") -> NodeGraph:
     """A larval Drosophila mushroom-body connectome (Eichler et al. 2017) from graspologic==3.4.4's files.
 
     ``edges`` int32 [2, E]: synapses from neuron ``edges[0]`` (presynaptic: row of the adjacency CSV) to
     ``edges[1]`` (column); ``edge_weights`` are synapse counts. Labels 0..3 = DROSOPHILA_CLASSES. The files ship
-    no node attributes, so ``features`` is a constant ones [N, 1]: a model must learn from structure.
+    no node attributes: ``features="ones"`` gives the constant ones [N, 1] (a model must learn from structure
+    alone); ``features="degree"`` gives [N, 4] structural encodings, ``log1p`` of the in-degree, out-degree,
+    synapses received and synapses sent, each standardised over the graph (the usual stand-in for missing
+    attributes, as the GIN paper's degree encodings for social graphs).
     Caveats: nodes are stored grouped by cell type (never use the node index as a feature), and every P neuron
     has in-degree 0 (projection neurons only send into the mushroom body).
     """
     if side not in ("left", "right"):
         raise _bad_value("side", side, ("left", "right"))
+    if features not in ("ones", "degree"):
+        raise _bad_value("features", features, ("ones", "degree"))
     adjacency = np.loadtxt(_package_file("graspologic", "3.4.4",
                                          f"graspologic/datasets/drosophila/{side}_adjacency.csv"), dtype=np.float64)
     names = np.loadtxt(_package_file("graspologic", "3.4.4",
@@ -240,10 +245,16 @@ def load_drosophila(side: str = "left") -> NodeGraph:
                          f"unknown cell types {unknown}")
     src, dst = np.nonzero(adjacency)
     n = len(names)
+    if features == "ones":
+        x = np.ones((n, 1), np.float32)
+    else:
+        binary = adjacency > 0
+        raw = np.log1p(np.stack([binary.sum(0), binary.sum(1), adjacency.sum(0), adjacency.sum(1)], axis=1))
+        x = ((raw - raw.mean(0)) / np.maximum(raw.std(0), 1e-12)).astype(np.float32)
     return NodeGraph(num_nodes=n, edges=np.stack([src, dst]).astype(np.int32),
                      edge_weights=adjacency[src, dst].astype(np.float32),
                      labels=np.array([DROSOPHILA_CLASSES.index(c) for c in names], np.int32),
-                     features=np.ones((n, 1), np.float32), class_names=DROSOPHILA_CLASSES, directed=True)
+                     features=x, class_names=DROSOPHILA_CLASSES, directed=True)
 
 
 def power_law_graph(num_nodes: int = 2000, num_classes: int = 4, avg_degree: float = 8.0, exponent: float = 2.5,

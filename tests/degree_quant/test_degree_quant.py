@@ -7,7 +7,8 @@ import tensorflow_gnn as tfgnn
 from tfq_ext import graph_data
 from tfq_ext._keras import keras, tf
 from tfq_ext.degree_quant import (DegreeQuantGCN, DegreeQuantGIN, GraphInterpreter, MaskedRangeQuantizer,
-                                  convert_graph_model, in_degree, plain_tensor_model)
+                                  convert_graph_model, float_ops, in_degree, plain_tensor_model)
+from tfq_ext.degree_quant.quantizer import QuantDense
 from tfq_ext.degree_quant.models import EDGES, NODES, build_gnn, graph_tensor, molecule_dataset, node_dataset
 from tfq_ext.ops.degree import degree_cdf, protection_probability, sample_protection
 from tfq_ext.ops.fake_quant import nudged_scale_zero_point
@@ -213,6 +214,89 @@ def test_node_classification_on_one_graph():
     history = model.fit(ds, epochs=20, verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0] - 0.2
     assert model.predict(ds, verbose=0).shape == (200, 4)
+
+
+# --- batch normalization in the GIN MLP --------------------------------------------------------------------
+
+def test_quant_dense_batch_norm_normalises_in_training_and_folds_at_inference():
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(3.0, 5.0, size=(64, 6)).astype("float32"))
+    layer = QuantDense(4, mode="float", batch_norm=True, bn_momentum=0.0)
+    y = layer(x, training=True).numpy()
+    # Training: the batch's own statistics (gamma 1, beta 0 at init).
+    np.testing.assert_allclose(y.mean(0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(y.std(0), 1.0, atol=1e-2)
+    # Momentum 0: the moving statistics are that batch's, so inference (one matmul with the folded kernel and
+    # bias) reproduces the training output.
+    np.testing.assert_allclose(layer(x, training=False).numpy(), y, atol=1e-3)
+    folded = layer.folded
+    np.testing.assert_allclose(x.numpy() @ folded.folded_kernel().numpy() + folded.folded_bias().numpy(), y,
+                               atol=1e-3)
+
+
+def test_quant_dense_batch_norm_quantizes_the_folded_kernel():
+    x = tf.constant(np.random.default_rng(1).normal(size=(32, 5)).astype("float32"))
+    layer = QuantDense(3, mode="qat", num_bits=4, batch_norm=True)
+    layer(x, training=True)
+    folded = layer.folded.folded_kernel().numpy()
+    # At inference the matmul uses the 4-bit symmetric per-tensor grid of the folded kernel (15 levels).
+    step = np.abs(folded).max() / 7
+    used = layer.folded.weight_quantizer.quantize(tf.constant(folded)).numpy()
+    np.testing.assert_allclose(used / step, np.round(used / step), atol=1e-4)
+    assert not np.allclose(used, folded)
+
+
+def test_gin_batch_norm_freeze_makes_training_equal_inference():
+    graph = _star(12, 4)
+    gaps = {}
+    for freeze in (None, 3):
+        keras.utils.set_random_seed(0)
+        layer = DegreeQuantGIN(8, mode="qat", batch_norm=True, bn_momentum=0.5, freeze_bn_delay=freeze)
+        for _ in range(3):
+            layer(graph, edge_set_name=EDGES, training=True)
+        # The 4th step: frozen, the batch normalization uses its moving statistics, as inference does.
+        train_out = layer(graph, edge_set_name=EDGES, training=True).numpy()
+        gaps[freeze] = np.abs(train_out - layer(graph, edge_set_name=EDGES, training=False).numpy()).max()
+    assert gaps[3] < 1e-5 < 1e-2 < gaps[None]
+    config = layer.get_config()
+    assert (config["batch_norm"], config["bn_momentum"], config["freeze_bn_delay"]) == (True, 0.5, 3)
+
+
+def test_gin_batch_norm_model_saves_and_exports_to_int8_fully_connected(tmp_path):
+    molecules = _molecules(24, seed=3)
+    train = molecule_dataset(molecules, 8, shuffle_seed=0)
+    keras.utils.set_random_seed(0)
+    model = build_gnn(train.element_spec[0], 2, conv="gin", units=8, num_layers=2, mode="dq", num_bits=8,
+                      batch_norm=True, bn_momentum=0.9, freeze_bn_delay=6)
+    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(train, epochs=3, verbose=0)
+    test = molecule_dataset(molecules[:8], 8)
+    before = model.predict(test, verbose=0)
+    model.save(tmp_path / "bn", save_format="tf")  # tf-gnn's input spec is not JSON-serializable (.keras)
+    restored = keras.models.load_model(tmp_path / "bn")
+    np.testing.assert_allclose(restored.predict(test, verbose=0), before, atol=1e-5)
+
+    flatbuffer = convert_graph_model(model)
+    ops = float_ops(flatbuffer)
+    # Folded: each MLP matmul (+ BN) is one int8 FULLY_CONNECTED; no float MUL/ADD for the BN survives.
+    assert ops["FULLY_CONNECTED"] == {"int8": 5}
+    assert "MUL" not in ops and ops.get("ADD", {}).get("float32", 0) == 0
+    runner, plain = GraphInterpreter(flatbuffer), plain_tensor_model(model)
+    head = model.get_layer("head").output_quantizer
+    step = (float(head.max_var) - float(head.min_var)) / 255
+    for m in molecules[:4]:
+        args = (m.node_features, m.edges[0], m.edges[1])
+        reference = plain([tf.constant(a) for a in args], training=False).numpy()
+        np.testing.assert_allclose(runner(*args), reference, atol=2 * step + 1e-6)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"bn_momentum": 1.0}, r"`bn_momentum` must be in \[0, 1\). Received: bn_momentum=1.0"),
+    ({"freeze_bn_delay": -2}, r"`freeze_bn_delay` must be None or an int >= 0. Received: freeze_bn_delay=-2"),
+], ids=["momentum", "freeze"])
+def test_bad_batch_norm_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DegreeQuantGIN(8, batch_norm=True, **kwargs)
 
 
 # --- errors ------------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ import tensorflow as tf
 
 from tfq_ext.ops import (batch_min_max, ema_assign, fake_quant, fake_quant_affine, fake_quant_per_channel,
                          nudged_scale_zero_point, percentile_min_max, qrange)
-from tfq_ext.quantizers import ActivationQuantizer, FixedRangeQuantizer, WeightQuantizer, deserialize_quantizer
+from tfq_ext.quantizers import (ActivationQuantizer, FixedRangeQuantizer, IdentityQuantizer, WeightQuantizer,
+                                deserialize_quantizer)
 
 
 @pytest.mark.parametrize("bits,narrow,expected", [(8, False, (-128, 127)), (8, True, (-127, 127)),
@@ -137,13 +138,21 @@ def test_fixed_range_quantizer_matches_tflite_softmax_grid():
 
 
 @pytest.mark.parametrize("quantizer", [WeightQuantizer(4, per_channel=False, axis=-2),
-                                       ActivationQuantizer(8, 0.9, 3), FixedRangeQuantizer(-1.0, 1.0, 8)],
-                         ids=["weight", "activation", "fixed"])
+                                       ActivationQuantizer(8, 0.9, 3), FixedRangeQuantizer(-1.0, 1.0, 8),
+                                       IdentityQuantizer()],
+                         ids=["weight", "activation", "fixed", "identity"])
 def test_quantizer_config_round_trip(quantizer):
     from tfq_ext._keras import keras
 
     again = deserialize_quantizer(keras.utils.serialize_keras_object(quantizer))
     assert again == quantizer and again.get_config() == quantizer.get_config()
+    assert type(again) is type(quantizer)
+
+
+def test_identity_quantizer_passes_values_through():
+    x = tf.constant([0.123456, -7.5, 1e-9])
+    np.testing.assert_array_equal(IdentityQuantizer()(x, training=True).numpy(), x.numpy())
+    assert IdentityQuantizer() != WeightQuantizer()
 
 
 @pytest.mark.parametrize("kwargs,match", [({"num_bits": 1}, "num_bits"), ({"ema_decay": 1.0}, "ema_decay"),

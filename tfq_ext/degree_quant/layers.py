@@ -73,10 +73,10 @@ class _DegreeQuantConv(tfgnn.keras.layers.AnyToAnyConvolutionBase):
         self._protected = None
         self._degree = None
 
-    def _dense(self, units, activation, name):
+    def _dense(self, units, activation, name, **kwargs):
         s = self.settings
         return QuantDense(units, activation, mode=s["mode"], num_bits=s["num_bits"], percentile=s["percentile"],
-                          ema_decay=s["ema_decay"], name=name)
+                          ema_decay=s["ema_decay"], name=name, **kwargs)
 
     def _quantizer(self, name):
         return activation_quantizer(self.settings, name)
@@ -195,17 +195,33 @@ class DegreeQuantGIN(_DegreeQuantConv):
     Args:
         units: output (and hidden) features per node.
         epsilon: the fixed ``eps`` of GIN-0 (default 0).
+        batch_norm: batch normalization after each MLP matmul, as in the GIN paper and the Degree-Quant
+            reference (Dense-BN-ReLU-Dense-BN-activation). It keeps the states of a dense graph from growing by
+            the in-degree at every layer. Folded into the quantized kernels (Jacob et al.), so the exported MLP
+            is still two int8 fully-connected ops.
+        bn_momentum: moving-statistics momentum of those batch normalizations. With one full-graph batch per
+            step (node classification), 0.99 leaves the start-up statistics in the moving averages for
+            hundreds of steps; 0.9 follows within tens.
+        freeze_bn_delay: training steps after which the batch normalizations use (and stop updating) their
+            moving statistics, as Jacob et al. do before the end of QAT; training then computes exactly what
+            inference computes. Needed when the weights still move quickly at the end of training (with one
+            full-graph batch per step, batch statistics drift away from the lagging moving averages).
         Other arguments as :class:`DegreeQuantGCN`.
     """
 
-    def __init__(self, units: int, *, epsilon: float = 0.0, **kwargs):
+    def __init__(self, units: int, *, epsilon: float = 0.0, batch_norm: bool = False, bn_momentum: float = 0.99,
+                 freeze_bn_delay: int | None = None, **kwargs):
         super().__init__(units, **kwargs)
         self.epsilon = float(epsilon)
+        self.batch_norm = bool(batch_norm)
+        self.bn_momentum = float(bn_momentum)
+        self.freeze_bn_delay = freeze_bn_delay
+        bn = dict(batch_norm=self.batch_norm, bn_momentum=bn_momentum, freeze_bn_delay=freeze_bn_delay)
         self.input_quantizer = self._quantizer("input_quant")
         self.aggregate_quantizer = self._quantizer("aggregate_quant")
         self.combined_quantizer = self._quantizer("combined_quant")
-        self.hidden = self._dense(units, "relu", "mlp_hidden")
-        self.out = self._dense(units, self.activation, "mlp_out")
+        self.hidden = self._dense(units, "relu", "mlp_hidden", **bn)
+        self.out = self._dense(units, self.activation, "mlp_out", **bn)
 
     def convolve(self, *, sender_node_input, sender_edge_input, receiver_input, broadcast_from_sender_node,
                  broadcast_from_receiver, pool_to_receiver, training):
@@ -218,4 +234,5 @@ class DegreeQuantGIN(_DegreeQuantConv):
         return self.out(self.hidden(combined, protected, training=training), protected, training=training)
 
     def get_config(self):
-        return dict(super().get_config(), epsilon=self.epsilon)
+        return dict(super().get_config(), epsilon=self.epsilon, batch_norm=self.batch_norm,
+                    bn_momentum=self.bn_momentum, freeze_bn_delay=self.hidden.freeze_bn_delay)

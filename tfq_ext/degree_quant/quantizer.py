@@ -18,7 +18,8 @@ from tfq_ext._compat import resolve_training, smart_cond
 from tfq_ext._keras import keras, tf
 from tfq_ext.ops.fake_quant import fake_quant
 from tfq_ext.ops.ranges import batch_min_max, ema_assign, percentile_min_max
-from tfq_ext.quantizers.affine import WeightQuantizer
+from tfq_ext.qat.folding import FoldedBatchNorm
+from tfq_ext.quantizers.affine import IdentityQuantizer, WeightQuantizer
 
 __all__ = ["MaskedRangeQuantizer", "QuantDense", "MODES", "check_settings", "default_settings"]
 
@@ -145,32 +146,59 @@ class QuantDense(keras.layers.Layer):
         activation: Keras activation applied before the output quantizer (so TFLite fuses it).
         mode, num_bits, percentile, ema_decay: see :func:`check_settings`.
         quantize_input: also quantize the input (for a head that reads a float pooling result).
+        batch_norm: follow the matmul with batch normalization, folded into the kernel the way integer
+            inference uses it (:class:`~tfq_ext.qat.folding.FoldedBatchNorm`: the quantized kernel is
+            ``W * gamma / sigma_moving``), so the exported op is still one int8 fully-connected op with a bias.
+            Replaces the layer's own bias.
+        bn_momentum: the batch normalization's moving-statistics momentum.
+        freeze_bn_delay: training steps after which the batch normalization uses and keeps its moving
+            statistics, so that training sees exactly the inference arithmetic (None: never freeze).
     """
 
     def __init__(self, units: int, activation=None, *, mode: str = "dq", num_bits: int = 8,
                  percentile: float | None = None, ema_decay: float = 0.99, quantize_input: bool = False,
-                 use_bias: bool = True, **kwargs):
+                 use_bias: bool = True, batch_norm: bool = False, bn_momentum: float = 0.99,
+                 freeze_bn_delay: int | None = None, **kwargs):
         super().__init__(**kwargs)
         if isinstance(units, bool) or not isinstance(units, int) or units < 1:
             raise ValueError(f"`units` must be a positive int. Received: units={units!r}")
         self.settings = check_settings(mode, num_bits, percentile=percentile, ema_decay=ema_decay)
+        if not 0.0 <= float(bn_momentum) < 1.0:
+            raise ValueError(f"`bn_momentum` must be in [0, 1). Received: bn_momentum={bn_momentum}")
         self.units = units
         self.activation = keras.activations.get(activation)
         self.quantize_input = bool(quantize_input)
         self.use_bias = bool(use_bias)
+        self.batch_norm = bool(batch_norm)
+        self.bn_momentum = float(bn_momentum)
+        if freeze_bn_delay is not None and (isinstance(freeze_bn_delay, bool) or int(freeze_bn_delay) < 0):
+            raise ValueError(f"`freeze_bn_delay` must be None or an int >= 0. Received: "
+                             f"freeze_bn_delay={freeze_bn_delay!r}")
+        self.freeze_bn_delay = None if freeze_bn_delay is None else int(freeze_bn_delay)
         self._weights_q = WeightQuantizer(self.settings["num_bits"], per_channel=False)
         self.input_quantizer = activation_quantizer(self.settings, "input_quant") if quantize_input else None
         self.output_quantizer = activation_quantizer(self.settings, "output_quant")
 
     def build(self, input_shape):
-        self.kernel = self.add_weight("kernel", shape=(int(input_shape[-1]), self.units),
-                                      initializer="glorot_uniform")
-        self.bias = self.add_weight("bias", shape=(self.units,), initializer="zeros") if self.use_bias else None
+        if self.batch_norm:
+            weights = IdentityQuantizer() if self.settings["mode"] == "float" else self._weights_q
+            self.folded = FoldedBatchNorm(keras.layers.Dense(self.units, use_bias=False), weight_quantizer=weights,
+                                          output_quantizer=IdentityQuantizer(), momentum=self.bn_momentum,
+                                          activation=self.activation, freeze_bn_delay=self.freeze_bn_delay,
+                                          name="folded_bn")
+            self.folded.build(input_shape)
+            self.kernel, self.bias = self.folded.kernel, None
+        else:
+            self.kernel = self.add_weight("kernel", shape=(int(input_shape[-1]), self.units),
+                                          initializer="glorot_uniform")
+            self.bias = self.add_weight("bias", shape=(self.units,), initializer="zeros") if self.use_bias else None
         super().build(input_shape)
 
     def call(self, x, protected=None, training=None):
         if self.input_quantizer is not None:
             x = self.input_quantizer(x, protected, training=training)
+        if self.batch_norm:
+            return self.output_quantizer(self.folded(x, training=training), protected, training=training)
         kernel = self.kernel if self.settings["mode"] == "float" else self._weights_q.quantize(self.kernel)
         y = tf.matmul(x, kernel)
         if self.bias is not None:
@@ -181,4 +209,5 @@ class QuantDense(keras.layers.Layer):
         s = self.settings
         return dict(super().get_config(), units=self.units, activation=keras.activations.serialize(self.activation),
                     mode=s["mode"], num_bits=s["num_bits"], percentile=s["percentile"], ema_decay=s["ema_decay"],
-                    quantize_input=self.quantize_input, use_bias=self.use_bias)
+                    quantize_input=self.quantize_input, use_bias=self.use_bias, batch_norm=self.batch_norm,
+                    bn_momentum=self.bn_momentum, freeze_bn_delay=self.freeze_bn_delay)

@@ -97,7 +97,7 @@ class FoldedBatchNorm(keras.layers.Layer):
         kernel_shape = self.kernel.shape
         if self.kernel_attr == "depthwise_kernel":  # (h, w, in, multiplier): channels = in * multiplier
             return [1] * (len(kernel_shape) - 2) + [int(kernel_shape[-2]), int(kernel_shape[-1])]
-        axis = self.weight_quantizer.axis % len(kernel_shape)
+        axis = getattr(self.weight_quantizer, "axis", -1) % len(kernel_shape)
         shape = [1] * len(kernel_shape)
         shape[axis] = channels
         return shape

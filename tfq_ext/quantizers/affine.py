@@ -18,7 +18,8 @@ from tfq_ext._keras import keras, tf
 from tfq_ext.ops.fake_quant import fake_quant, fake_quant_per_channel, qrange, symmetric_range
 from tfq_ext.ops.ranges import batch_min_max, ema_assign
 
-__all__ = ["WeightQuantizer", "ActivationQuantizer", "FixedRangeQuantizer", "deserialize_quantizer"]
+__all__ = ["WeightQuantizer", "ActivationQuantizer", "FixedRangeQuantizer", "IdentityQuantizer",
+           "deserialize_quantizer"]
 
 _TfmotQuantizer = tfmot.quantization.keras.quantizers.Quantizer
 
@@ -166,6 +167,21 @@ class FixedRangeQuantizer(_Quantizer):
         return {"low": self.low, "high": self.high, "num_bits": self.num_bits}
 
 
+@keras.utils.register_keras_serializable(package="tfq_ext")
+class IdentityQuantizer(_Quantizer):
+    """Passes its input through unchanged: the float slot of a layer that takes a quantizer (for example a
+    :class:`~tfq_ext.qat.folding.FoldedBatchNorm` whose output is quantized by the caller, or the float
+    reference arm of a comparison that shares the model code)."""
+
+    def build(self, tensor_shape, name, layer):
+        return {}
+
+    def __call__(self, inputs, training=False, weights=None, **kwargs):
+        return inputs
+
+    def get_config(self):
+        return {}
+
 
 def deserialize_quantizer(obj):
     """A quantizer from its serialized form (any of Keras' formats), or ``obj`` itself if already one.
@@ -175,7 +191,8 @@ def deserialize_quantizer(obj):
     """
     if obj is None or not isinstance(obj, dict):
         return obj
-    classes = {cls.__name__: cls for cls in (WeightQuantizer, ActivationQuantizer, FixedRangeQuantizer)}
+    classes = {cls.__name__: cls for cls in (WeightQuantizer, ActivationQuantizer, FixedRangeQuantizer,
+                                                   IdentityQuantizer)}
     name = obj.get("class_name")
     if name in classes:
         return classes[name].from_config(obj.get("config", {}))
