@@ -299,6 +299,17 @@ def test_bad_batch_norm_arguments(kwargs, match):
         DegreeQuantGIN(8, batch_norm=True, **kwargs)
 
 
+def test_head_ema_decay_applies_to_the_head_only():
+    ds = node_dataset(graph_data.power_law_graph(num_nodes=60, seed=2), np.ones(60, bool))
+    model = build_gnn(ds.element_spec[0], 4, conv="gin", task="node", units=8, num_layers=2, mode="qat",
+                      ema_decay=0.95, head_ema_decay=0.5, batch_norm=True)
+    assert model.get_layer("head").output_quantizer.ema_decay == 0.5
+    quantizers = [q for q in model.submodules if isinstance(q, MaskedRangeQuantizer)]
+    assert sorted({q.ema_decay for q in quantizers}) == [0.5, 0.95]
+    with pytest.raises(ValueError, match=r"`ema_decay` must be in \[0, 1\). Received: ema_decay=1.0"):
+        build_gnn(ds.element_spec[0], 4, task="node", units=8, num_layers=1, head_ema_decay=1.0)
+
+
 # --- errors ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, match", [

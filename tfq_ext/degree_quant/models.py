@@ -79,7 +79,7 @@ def node_dataset(graph, mask) -> tf.data.Dataset:
 
 def build_gnn(graph_spec: tfgnn.GraphTensorSpec, num_classes: int, *, conv: str = "gin", units: int = 64,
               num_layers: int = 3, task: str = "graph", mode: str = "dq", num_bits: int = 8,
-              **dq_kwargs) -> keras.Model:
+              head_ema_decay: float | None = None, **dq_kwargs) -> keras.Model:
     """A stack of Degree-Quant convolutions with a classification head.
 
     Args:
@@ -87,7 +87,14 @@ def build_gnn(graph_spec: tfgnn.GraphTensorSpec, num_classes: int, *, conv: str 
         num_classes: logits per node (``task="node"``) or per graph (``task="graph"``).
         conv: ``"gcn"`` or ``"gin"``.
         units, num_layers: width and depth.
-        mode, num_bits, **dq_kwargs: see :class:`~tfq_ext.degree_quant.DegreeQuantGCN`.
+        mode, num_bits, **dq_kwargs: see :class:`~tfq_ext.degree_quant.DegreeQuantGCN` (and, for GIN,
+            ``batch_norm``, ``bn_momentum``, ``freeze_bn_delay`` of :class:`~tfq_ext.degree_quant.DegreeQuantGIN`).
+        head_ema_decay: range moving-average decay of the head's quantizers, the logits' above all (default:
+            ``ema_decay``). The logit
+            range grows as training sharpens predictions; with a short budget (a few hundred full-graph steps) a
+            slowly moving range clips the logits, and the clipped straight-through estimator then passes no
+            gradient to exactly the logits that must grow (measured on the fly connectome: INT8 GCN at 79% train
+            accuracy with 0.99, 90% with 0.5 or an unquantized head).
     """
     if conv not in CONVOLUTIONS:
         raise ValueError(f"`conv` must be one of {sorted(CONVOLUTIONS)}. Received: conv={conv!r}")
@@ -105,7 +112,8 @@ def build_gnn(graph_spec: tfgnn.GraphTensorSpec, num_classes: int, *, conv: str 
     else:
         states = graph.node_sets[NODES][FEATURE]
     # The head shares the convolutions' range settings (protection does not apply to it).
+    ema_decay = dq_kwargs.get("ema_decay", 0.99)
     logits = QuantDense(num_classes, mode=mode, num_bits=num_bits, percentile=dq_kwargs.get("percentile"),
-                        ema_decay=dq_kwargs.get("ema_decay", 0.99), quantize_input=task == "graph",
-                        name="head")(states)
+                        ema_decay=ema_decay if head_ema_decay is None else head_ema_decay,
+                        quantize_input=task == "graph", name="head")(states)
     return keras.Model(inputs, logits, name=f"{conv}_{mode}_int{num_bits}")
