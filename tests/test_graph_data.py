@@ -167,3 +167,20 @@ def test_drosophila_degree_features():
     # Synapse counts received (column 2) follow the edge weights, not the edge count.
     received = np.bincount(graph.edges[1], weights=graph.edge_weights, minlength=209)
     assert np.corrcoef(graph.features[:, 2], np.log1p(received))[0, 1] > 0.9999
+
+
+def test_stratified_folds_cover_every_item_once_and_balance_classes():
+    labels = np.array([0] * 21 + [1] * 101 + [2] * 29 + [3] * 58)
+    folds = gd.stratified_folds(labels, 5, seed=3)
+    assert folds.shape == labels.shape and set(folds.tolist()) == set(range(5))
+    sizes = np.bincount(folds)
+    assert sizes.max() - sizes.min() <= 1
+    for c in range(4):
+        per_class = np.bincount(folds[labels == c], minlength=5)
+        assert per_class.max() - per_class.min() <= 1
+    assert not np.array_equal(folds, gd.stratified_folds(labels, 5, seed=4))
+    np.testing.assert_array_equal(folds, gd.stratified_folds(labels, 5, seed=3))
+    with pytest.raises(ValueError, match=r"`num_folds` must be an int >= 2. Received: num_folds=1"):
+        gd.stratified_folds(labels, 1)
+    with pytest.raises(ValueError, match=r"`labels` must be 1-D with at least num_folds=5 items"):
+        gd.stratified_folds([0, 1], 5)

@@ -22,7 +22,7 @@ import numpy as np
 __all__ = [
     "ATOM_FEATURE_NAMES", "DROSOPHILA_CLASSES", "NUM_ATOM_FEATURES", "SOLUBILITY_CLASSES", "MoleculeGraph",
     "NodeGraph", "load_drosophila", "load_solubility", "parse_sdf", "power_law_graph", "split_indices",
-    "train_test_masks",
+    "stratified_folds", "train_test_masks",
 ]
 
 # Node-feature layout of every molecule (float32, one-hot blocks, in this order):
@@ -310,6 +310,27 @@ def split_indices(labels, test_fraction: float = 0.2, seed: int = 0, stratify: b
         test.append(g[:min(max(k, 1), len(g) - 1)] if len(g) > 1 else g[:0])
     test_idx = np.sort(np.concatenate(test)).astype(np.int64)
     return np.setdiff1d(np.arange(len(labels)), test_idx), test_idx
+
+
+def stratified_folds(labels, num_folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Fold id (0..num_folds-1) per item for k-fold cross-validation, each class spread evenly over the folds
+    (fold sizes differ by at most one item per class). On a small graph every node is then tested once per
+    seed, which pools the test set over all nodes instead of one 30% sample."""
+    if isinstance(num_folds, bool) or not isinstance(num_folds, int) or num_folds < 2:
+        raise ValueError(f"`num_folds` must be an int >= 2. Received: num_folds={num_folds!r}")
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) < num_folds:
+        raise ValueError(f"`labels` must be 1-D with at least num_folds={num_folds} items. Received shape "
+                         f"{labels.shape}")
+    rng = np.random.default_rng(seed)
+    folds = np.empty(len(labels), np.int64)
+    offset = 0
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        # Continue the round-robin across classes so small classes do not all start in fold 0.
+        folds[members] = (offset + np.arange(len(members))) % num_folds
+        offset += len(members)
+    return folds
 
 
 def train_test_masks(num_nodes: int, test_fraction: float = 0.2, seed: int = 0, labels=None):
