@@ -190,15 +190,18 @@ def test_graph_classification_fit_save_load_and_tflite(conv, tmp_path):
         restored = keras.models.load_model(tmp_path / "saved")
         np.testing.assert_allclose(restored.predict(test, verbose=0), before, atol=1e-5)
 
-    flatbuffer = convert_graph_model(model)
-    runner = GraphInterpreter(flatbuffer)
-    plain = plain_tensor_model(model)
+    _assert_tflite_agrees(model, convert_graph_model(model), molecules[:4])
+
+
+def _assert_tflite_agrees(model, flatbuffer, molecules):
+    """ai-edge-litert's logits within 2 output steps of the Keras model's (integer kernels round differently
+    from float fake quantization)."""
+    runner, plain = GraphInterpreter(flatbuffer), plain_tensor_model(model)
     head = model.get_layer("head").output_quantizer
     step = (float(head.max_var) - float(head.min_var)) / 255
-    for m in molecules[:4]:
+    for m in molecules:
         args = (m.node_features, m.edges[0], m.edges[1])
         reference = plain([tf.constant(a) for a in args], training=False).numpy()
-        # Integer kernels round differently from float fake quant; agreement within 2 output steps.
         np.testing.assert_allclose(runner(*args), reference, atol=2 * step + 1e-6)
 
 
@@ -281,13 +284,7 @@ def test_gin_batch_norm_model_saves_and_exports_to_int8_fully_connected(tmp_path
     # Folded: each MLP matmul (+ BN) is one int8 FULLY_CONNECTED; no float MUL/ADD for the BN survives.
     assert ops["FULLY_CONNECTED"] == {"int8": 5}
     assert "MUL" not in ops and ops.get("ADD", {}).get("float32", 0) == 0
-    runner, plain = GraphInterpreter(flatbuffer), plain_tensor_model(model)
-    head = model.get_layer("head").output_quantizer
-    step = (float(head.max_var) - float(head.min_var)) / 255
-    for m in molecules[:4]:
-        args = (m.node_features, m.edges[0], m.edges[1])
-        reference = plain([tf.constant(a) for a in args], training=False).numpy()
-        np.testing.assert_allclose(runner(*args), reference, atol=2 * step + 1e-6)
+    _assert_tflite_agrees(model, flatbuffer, molecules[:4])
 
 
 @pytest.mark.parametrize("kwargs, match", [
