@@ -223,7 +223,8 @@ def _markdown(results) -> str:
             cells = [arms[f"paired_int{b}"][k] for b in (8, 4) for k in ("dq_minus_fp32", "dq_minus_qat")]
             lines.append(f"| {name} | {conv} | " + " | ".join(
                 f"{100 * c['mean']:+.1f} ± {100 * c['std']:.1f}" for c in cells) + " |")
-    lines += ["", "Median training time per run (s; a cross-validated run sums its folds) and the process' peak RSS (MB) after each arm:", "",
+    lines += ["", "Median training time per run (s; a cross-validated run sums its folds) and the process' peak RSS "
+              "(MB) after each arm:", "",
               "| dataset | conv | " + " | ".join(a for a, _, _ in ARMS) + " |", "|---|---|" + "---:|" * len(ARMS)]
     for name, entry in results["datasets"].items():
         for conv, arms in entry["convs"].items():
