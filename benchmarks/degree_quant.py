@@ -161,7 +161,9 @@ def main(out_dir, quick: bool = False, command: str = "", datasets=None) -> dict
     previous = out_dir / f"degree_quant{suffix}.json"
     if datasets is not None and previous.exists():
         results = json.loads(previous.read_text())
+    recipes = {}
     for name, spec in _datasets(quick):
+        recipes[name] = spec["recipe"]
         if datasets is not None and name not in datasets:
             continue
         dataset_started = time.perf_counter()
@@ -181,13 +183,11 @@ def main(out_dir, quick: bool = False, command: str = "", datasets=None) -> dict
                         entry["tflite_dq_int8_gin"] = _export(model, spec["export"], tf)
                         log(f"  exported: {entry['tflite_dq_int8_gin']}")
                 arms[arm] = dict(_summary(accs), seconds_median=float(np.median(times)), peak_rss_mb=_rss_mb())
-
         entry["command"] = command
         entry["wall_seconds"] = time.perf_counter() - dataset_started
     if datasets is None:
         results["wall_seconds"] = time.perf_counter() - started
         results["command"] = command
-    recipes = {name: spec["recipe"] for name, spec in _datasets(quick)}
     for name, entry in results["datasets"].items():
         # Entries from an earlier partial run of an unchanged dataset: their recipe and seeds are the current ones.
         entry.setdefault("recipe", recipes[name])

@@ -213,10 +213,7 @@ class DegreeQuantGIN(_DegreeQuantConv):
                  freeze_bn_delay: int | None = None, **kwargs):
         super().__init__(units, **kwargs)
         self.epsilon = float(epsilon)
-        self.batch_norm = bool(batch_norm)
-        self.bn_momentum = float(bn_momentum)
-        self.freeze_bn_delay = freeze_bn_delay
-        bn = dict(batch_norm=self.batch_norm, bn_momentum=bn_momentum, freeze_bn_delay=freeze_bn_delay)
+        bn = dict(batch_norm=batch_norm, bn_momentum=bn_momentum, freeze_bn_delay=freeze_bn_delay)
         self.input_quantizer = self._quantizer("input_quant")
         self.aggregate_quantizer = self._quantizer("aggregate_quant")
         self.combined_quantizer = self._quantizer("combined_quant")
@@ -234,5 +231,6 @@ class DegreeQuantGIN(_DegreeQuantConv):
         return self.out(self.hidden(combined, protected, training=training), protected, training=training)
 
     def get_config(self):
-        return dict(super().get_config(), epsilon=self.epsilon, batch_norm=self.batch_norm,
-                    bn_momentum=self.bn_momentum, freeze_bn_delay=self.hidden.freeze_bn_delay)
+        # The batch-norm settings live (validated) in the MLP's dense layers.
+        return dict(super().get_config(), epsilon=self.epsilon, batch_norm=self.hidden.batch_norm,
+                    bn_momentum=self.hidden.bn_momentum, freeze_bn_delay=self.hidden.freeze_bn_delay)

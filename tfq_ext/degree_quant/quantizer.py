@@ -18,7 +18,7 @@ from tfq_ext._compat import resolve_training, smart_cond
 from tfq_ext._keras import keras, tf
 from tfq_ext.ops.fake_quant import fake_quant
 from tfq_ext.ops.ranges import batch_min_max, ema_assign, percentile_min_max
-from tfq_ext.qat.folding import FoldedBatchNorm
+from tfq_ext.qat.folding import FoldedBatchNorm, check_freeze_bn_delay
 from tfq_ext.quantizers.affine import IdentityQuantizer, WeightQuantizer
 
 __all__ = ["MaskedRangeQuantizer", "QuantDense", "MODES", "check_settings", "default_settings"]
@@ -171,10 +171,7 @@ class QuantDense(keras.layers.Layer):
         self.use_bias = bool(use_bias)
         self.batch_norm = bool(batch_norm)
         self.bn_momentum = float(bn_momentum)
-        if freeze_bn_delay is not None and (isinstance(freeze_bn_delay, bool) or int(freeze_bn_delay) < 0):
-            raise ValueError(f"`freeze_bn_delay` must be None or an int >= 0. Received: "
-                             f"freeze_bn_delay={freeze_bn_delay!r}")
-        self.freeze_bn_delay = None if freeze_bn_delay is None else int(freeze_bn_delay)
+        self.freeze_bn_delay = check_freeze_bn_delay(freeze_bn_delay)
         self._weights_q = WeightQuantizer(self.settings["num_bits"], per_channel=False)
         self.input_quantizer = activation_quantizer(self.settings, "input_quant") if quantize_input else None
         self.output_quantizer = activation_quantizer(self.settings, "output_quant")

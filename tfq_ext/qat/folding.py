@@ -23,7 +23,17 @@ from tfq_ext._compat import resolve_training, smart_cond
 from tfq_ext._keras import keras, tf
 from tfq_ext.quantizers import ActivationQuantizer, WeightQuantizer, deserialize_quantizer
 
-__all__ = ["FoldedBatchNorm"]
+__all__ = ["FoldedBatchNorm", "check_freeze_bn_delay"]
+
+
+def check_freeze_bn_delay(freeze_bn_delay) -> Optional[int]:
+    """Validates a ``freeze_bn_delay`` argument (None or an int >= 0) and returns it as a Python int or None."""
+    if freeze_bn_delay is None:
+        return None
+    if isinstance(freeze_bn_delay, bool) or not isinstance(freeze_bn_delay, int) or freeze_bn_delay < 0:
+        raise ValueError(f"`freeze_bn_delay` must be None or an int >= 0. Received: "
+                         f"freeze_bn_delay={freeze_bn_delay!r}")
+    return int(freeze_bn_delay)
 
 
 @keras.utils.register_keras_serializable(package="tfq_ext")
@@ -63,9 +73,7 @@ class FoldedBatchNorm(keras.layers.Layer):
         self.center = bool(center)
         self.scale = bool(scale)
         self.activation = keras.activations.get(activation)
-        if freeze_bn_delay is not None and int(freeze_bn_delay) < 0:
-            raise ValueError(f"`freeze_bn_delay` must be None or >= 0. Received: freeze_bn_delay={freeze_bn_delay}")
-        self.freeze_bn_delay = None if freeze_bn_delay is None else int(freeze_bn_delay)
+        self.freeze_bn_delay = check_freeze_bn_delay(freeze_bn_delay)
 
     def build(self, input_shape):
         self.layer.build(input_shape)

@@ -16,7 +16,7 @@ import tensorflow_model_optimization as tfmot
 from tfq_ext._keras import ensure_tf_keras_model, keras, tf
 from tfq_ext.qat.configs import (KERNEL_LAYOUTS, OUTPUT_LAYERS, PASSTHROUGH_LAYERS, KernelQuantizeConfig,
                                  NoOpQuantizeConfig, OutputQuantizeConfig)
-from tfq_ext.qat.folding import FoldedBatchNorm
+from tfq_ext.qat.folding import FoldedBatchNorm, check_freeze_bn_delay
 from tfq_ext.qat.graph import Graph, Node, flatten_model, iter_refs, map_refs
 from tfq_ext.qat.layers import QuantizeInput
 from tfq_ext.qat.rewrite import (bn_arrays, fold_batch_norms, fuse_relu, relu_kind, per_channel_ops_as_depthwise,
@@ -124,8 +124,7 @@ def _check_options(weight_bits, activation_bits, quantize_configs, freeze_bn_del
     for key, config in (quantize_configs or {}).items():
         if not isinstance(config, _QuantizeConfig):
             raise TypeError(f"`quantize_configs[{key!r}]` must be a tfmot QuantizeConfig. Received: {config!r}")
-    if freeze_bn_delay is not None and (not isinstance(freeze_bn_delay, int) or freeze_bn_delay < 0):
-        raise ValueError(f"`freeze_bn_delay` must be None or an int >= 0. Received: freeze_bn_delay={freeze_bn_delay!r}")
+    check_freeze_bn_delay(freeze_bn_delay)
 
 
 def _apply_annotations(graph: Graph, quantize_configs) -> None:
