@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from tfq_ext._keras import keras, tf
 
-__all__ = ["smart_cond", "resolve_training", "skips_first_node", "tf_interpreter_with_custom_ops", "tflite_schema"]
+__all__ = ["smart_cond", "resolve_training", "skips_first_node", "tf_interpreter_with_custom_ops", "tflite_schema",
+           "freeze_concrete_function"]
 
 
 def smart_cond(pred, true_fn, false_fn):
@@ -58,3 +59,26 @@ def tflite_schema():
     from tensorflow.lite.python import schema_py_generated
 
     return schema_py_generated
+
+
+def tf_keras_convnext_layers() -> dict:
+    """tf_keras' ConvNeXt ``LayerScale`` and ``StochasticDepth`` layer classes, exported under no public name.
+
+    Keras 3's ConvNeXt uses layers of the same names and math; the Keras 3 converter (``tfq_ext._keras3``)
+    rebuilds them as these, so that a converted ConvNeXt is the one tf_keras would have built.
+    """
+    from tf_keras.src.applications import convnext
+
+    return {"LayerScale": convnext.LayerScale, "StochasticDepth": convnext.StochasticDepth}
+
+
+__all__.append("tf_keras_convnext_layers")
+
+
+def freeze_concrete_function(function):
+    """``function`` with its captured variables replaced by constants (TensorFlow's own freezing, which its
+    converter runs too, but only after saving the whole Keras model as a SavedModel; doing it first avoids
+    that save)."""
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    return convert_variables_to_constants_v2(function)

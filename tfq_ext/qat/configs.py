@@ -29,16 +29,21 @@ KERNEL_LAYOUTS: Dict[str, tuple] = {
     "DepthwiseConv2D": ("depthwise_kernel", -1, True),
 }
 # Layers whose output TFLite requantizes: they get an activation quantizer on their output.
+# Averages are among them: TFLite's int8 AVERAGE_POOL_2D and MEAN round their result to the output's int8 grid,
+# so the QAT model must round there too (passing the average through unquantized leaves 1-3 LSB differences one
+# layer later, measured). ScalarOp (a TFOpLambda ``x * a + b``), BorderCorrection and Normalization are this
+# package's rewrites' layers (see tfq_ext.qat.lowering).
 OUTPUT_LAYERS = frozenset({
     "Add", "Subtract", "Concatenate", "Multiply", "Average", "Maximum", "Minimum", "ReLU", "Activation",
-    "LeakyReLU", "BatchNormalization", "Rescaling", "Softmax", "PReLU",
+    "LeakyReLU", "BatchNormalization", "Rescaling", "Softmax", "PReLU", "AveragePooling1D", "AveragePooling2D",
+    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "ScalarOp", "BorderCorrection", "Normalization",
 })
 # Layers TFLite runs in the input's scale: no quantizer, so the converter propagates the input's parameters.
 PASSTHROUGH_LAYERS = frozenset({
-    "MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D", "GlobalAveragePooling1D",
-    "GlobalAveragePooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "Reshape", "Flatten", "Dropout",
+    "MaxPooling1D", "MaxPooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "Reshape", "Flatten", "Dropout",
     "SpatialDropout1D", "SpatialDropout2D", "GaussianDropout", "GaussianNoise", "AlphaDropout", "ZeroPadding1D",
     "ZeroPadding2D", "UpSampling1D", "UpSampling2D", "Cropping1D", "Cropping2D", "Permute", "SlicingOpLambda",
+    "NearestUpsampling2D",
 })
 
 

@@ -17,10 +17,13 @@ from tfq_ext._keras import ensure_tf_keras_model, keras, tf
 from tfq_ext.qat.configs import (KERNEL_LAYOUTS, OUTPUT_LAYERS, PASSTHROUGH_LAYERS, KernelQuantizeConfig,
                                  NoOpQuantizeConfig, OutputQuantizeConfig)
 from tfq_ext.qat.folding import FoldedBatchNorm, check_freeze_bn_delay
-from tfq_ext.qat.graph import Graph, Node, flatten_model, iter_refs, map_refs
+from tfq_ext.qat.graph import Graph, Node, check_graph_model, flatten_model, iter_refs, map_refs
 from tfq_ext.qat.layers import QuantizeInput
-from tfq_ext.qat.rewrite import (bn_arrays, fold_batch_norms, fuse_relu, relu_kind, per_channel_ops_as_depthwise,
-                                 split_activation, split_separable)
+from tfq_ext.qat.lowering import (exact_range, expand_activations, fold_scalar_ops, nearest_upsampling,
+                                  per_channel_affine_as_depthwise, prelu_as_depthwise, same_average_pool,
+                                  split_scalar_ops, split_wide_concat, standalone_relu_as_depthwise)
+from tfq_ext.qat.rewrite import bn_arrays, fold_batch_norms, fuse_relu, relu_kind, split_activation, split_separable
+from tfq_ext.qat.xnnpack import BorderCorrection, NearestUpsampling2D, ScalarAffine
 from tfq_ext.quantizers import ActivationQuantizer, FixedRangeQuantizer, WeightQuantizer
 
 __all__ = ["quantize_model", "UnsupportedLayerError", "SUPPORTED_LAYERS"]
@@ -29,8 +32,12 @@ QuantizeWrapperV2 = tfmot.quantization.keras.QuantizeWrapperV2
 _QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
 
 SUPPORTED_LAYERS = sorted(set(KERNEL_LAYOUTS) | OUTPUT_LAYERS | PASSTHROUGH_LAYERS | {"SeparableConv2D"})
-# Activations with an int8 TFLite kernel; sigmoid/softmax/tanh need the fixed output ranges TFLite uses.
-_ACTIVATIONS = {"linear", "relu", "relu6", "sigmoid", "tanh", "softmax"}
+# Activations with an int8 TFLite form; sigmoid/softmax/tanh need the fixed output ranges TFLite uses, swish
+# becomes LOGISTIC + MUL and tf_keras' hard_sigmoid an affine with a clip (tfq_ext.qat.lowering).
+_ACTIVATIONS = {"linear", "relu", "relu6", "sigmoid", "tanh", "softmax", "swish", "silu", "hard_sigmoid", "gelu",
+                "leaky_relu"}
+# This package's own layers that the rewrites create, by class name.
+_OWN_LAYERS = {cls.__name__: cls for cls in (BorderCorrection, NearestUpsampling2D)}
 _FIXED_RANGES = {"sigmoid": (0.0, 1.0), "softmax": (0.0, 1.0), "tanh": (-1.0, 1.0)}
 # The converter rejects per-channel fake quantization where it reshapes or transposes the kernel into TFLite's
 # layout ("op has mismatched quantized axes", measured with TF 2.21): these kernels are quantized per tensor.
@@ -80,6 +87,8 @@ def quantize_model(model, *, per_channel: bool = True, weight_bits: int = 8, act
         UnsupportedLayerError: for layers without a known quantization, listing each with its class and the
             ways to annotate it.
     """
+    if isinstance(model, keras.Model):
+        check_graph_model(model, "model")
     model = ensure_tf_keras_model(model, "model")
     _check_options(weight_bits, activation_bits, quantize_configs, freeze_bn_delay)
     quantize_configs = dict(quantize_configs or {})
@@ -97,10 +106,19 @@ def quantize_model(model, *, per_channel: bool = True, weight_bits: int = 8, act
     _check_supported(graph)
     split_separable(graph)
     split_activation(graph)
+    expand_activations(graph)
+    fold_scalar_ops(graph)
     if fold_batch_norm:
         fold_batch_norms(graph, lambda c: keras.utils.serialize_keras_object(weight_quantizer(c)), freeze_bn_delay)
-    per_channel_ops_as_depthwise(graph)  # after folding: only BNs with nothing to fold into are left
+    per_channel_affine_as_depthwise(graph)  # after folding: only BNs with nothing to fold into are left
     fuse_relu(graph)
+    # What XNNPACK would leave outside its partition, rewritten into ops it delegates (tfq_ext.qat.lowering).
+    standalone_relu_as_depthwise(graph)
+    same_average_pool(graph)
+    split_wide_concat(graph)
+    nearest_upsampling(graph)
+    prelu_as_depthwise(graph)
+    split_scalar_ops(graph)
 
     layers: Dict[str, keras.layers.Layer] = {}
     for node in graph.nodes.values():
@@ -177,7 +195,23 @@ def _deserialize_layer(node: Node) -> keras.layers.Layer:
     if node.class_name == "FoldedBatchNorm":
         return FoldedBatchNorm.from_config(dict(node.config, name=f"quant_{node.name}",
                                                 output_quantizer=node.extra["output_quantizer"]))
+    if node.class_name == "ScalarOp":
+        return ScalarAffine(node.config["scale"], node.config["offset"], node.config["clip"], name=node.name)
+    if node.class_name in _OWN_LAYERS:
+        return _OWN_LAYERS[node.class_name].from_config(node.config)
     return keras.layers.deserialize({"class_name": node.class_name, "config": node.config})
+
+
+def _output_quantizer(node: Node, act_quantizer, activation_bits: int):
+    """The output quantizer of a node: a fixed range where a rewrite implements a clip by saturation."""
+    output_range = node.extra.get("output_range")
+    if output_range is None and node.class_name == "ScalarOp":
+        clip = node.config["clip"]
+        if clip is not None and clip[0] is not None and clip[1] is not None and clip[1] != 6.0:
+            output_range = exact_range(*clip, num_bits=activation_bits)
+    if output_range is not None:
+        return FixedRangeQuantizer(*output_range, num_bits=activation_bits)
+    return act_quantizer()
 
 
 def _make_layer(node: Node, graph: Graph, act_quantizer, weight_quantizer, activation_bits) -> keras.layers.Layer:
@@ -194,7 +228,9 @@ def _make_layer(node: Node, graph: Graph, act_quantizer, weight_quantizer, activ
     if node.class_name in KERNEL_LAYOUTS:
         attr = KERNEL_LAYOUTS[node.class_name][0]
         return QuantizeWrapperV2(layer, KernelQuantizeConfig(attr, weight_quantizer(node.class_name),
-                                                             act_quantizer()), name=f"quant_{node.name}")
+                                                             _output_quantizer(node, act_quantizer,
+                                                                               activation_bits)),
+                                 name=f"quant_{node.name}")
     if node.class_name in OUTPUT_LAYERS:
         activation = node.config.get("activation") if node.class_name == "Activation" else None
         if node.class_name == "Softmax":
@@ -205,7 +241,7 @@ def _make_layer(node: Node, graph: Graph, act_quantizer, weight_quantizer, activ
         elif node.class_name in _RELU_FUSING and _feeds_only_relu(graph, node.name):
             config = NoOpQuantizeConfig()
         else:
-            config = OutputQuantizeConfig(act_quantizer())
+            config = OutputQuantizeConfig(_output_quantizer(node, act_quantizer, activation_bits))
         return QuantizeWrapperV2(layer, config, name=f"quant_{node.name}")
     return layer  # passthrough: TFLite keeps the input's scale
 

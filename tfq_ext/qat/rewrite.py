@@ -18,7 +18,7 @@ import numpy as np
 from tfq_ext.qat.configs import KERNEL_LAYOUTS
 from tfq_ext.qat.graph import Graph, Node, iter_refs
 
-__all__ = ["split_separable", "split_activation", "fold_batch_norms", "fuse_relu", "relu_kind", "per_channel_ops_as_depthwise",
+__all__ = ["split_separable", "split_activation", "fold_batch_norms", "fuse_relu", "relu_kind", "bn_arrays",
            "FUSABLE_ACTIVATIONS"]
 
 FUSABLE_ACTIVATIONS = ("linear", "relu", "relu6")
@@ -188,56 +188,3 @@ def bn_arrays(bn_weights, scale: bool, center: bool, channels: int):
     gamma = weights.pop(0) if scale else np.ones(channels, "float32")
     beta = weights.pop(0) if center else np.zeros(channels, "float32")
     return gamma, beta, weights[0], weights[1]
-
-
-def _as_depthwise(node: Node, kernel: np.ndarray, bias: Optional[np.ndarray], kernel_size, strides=(1, 1),
-                  trainable: bool = False) -> None:
-    channels = kernel.shape[-1]
-    node.class_name = "DepthwiseConv2D"
-    node.config = {"name": node.name, "kernel_size": tuple(kernel_size), "strides": tuple(strides),
-                   "padding": "valid", "depth_multiplier": 1, "activation": "linear", "use_bias": bias is not None}
-    node.extra["weights"] = {"depthwise_kernel": kernel.reshape(tuple(kernel_size) + (channels, 1)).astype("float32")}
-    if bias is not None:
-        node.extra["weights"]["bias"] = bias.astype("float32")
-    node.extra["non_trainable"] = not trainable
-
-
-def per_channel_ops_as_depthwise(graph: Graph) -> None:
-    """Per-channel affine and pooling layers on images -> DepthwiseConv2D, which TFLite runs in int8 on XNNPACK.
-
-    - Rescaling: the converter leaves its float constants unquantized (a float MUL/ADD pair in the file); as a
-      1x1 depthwise convolution it is one int8 op whose per-channel scale holds the factor exactly.
-    - Standalone BatchNormalization (nothing to fold into): its inference affine ``gamma/sigma * x + beta - ...``
-      as a trainable 1x1 depthwise convolution (the BN is frozen to its moving statistics during QAT).
-    - AveragePooling2D with 'valid' padding: XNNPACK does not delegate int8 AVERAGE_POOL_2D (measured); a
-      depthwise convolution with constant weights 1/(k*k) computes the same average and is delegated.
-    """
-    for name in list(graph.nodes):
-        node = graph.nodes[name]
-        if node.source is None or "quantize_config" in node.extra:
-            continue
-        if node.class_name not in ("Rescaling", "BatchNormalization", "AveragePooling2D"):
-            continue
-        shape = node.source.get_input_shape_at(0)
-        if len(shape) != 4 or shape[-1] is None:
-            continue
-        channels = int(shape[-1])
-        cfg = node.config
-        if node.class_name == "Rescaling":
-            scale = np.broadcast_to(np.asarray(cfg.get("scale", 1.0), "float32"), (channels,))
-            offset = np.broadcast_to(np.asarray(cfg.get("offset", 0.0), "float32"), (channels,))
-            _as_depthwise(node, scale.copy(), offset.copy(), (1, 1))
-        elif node.class_name == "BatchNormalization":
-            axis = cfg.get("axis", -1)
-            axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
-            if axis not in (-1, 3):
-                continue
-            gamma, beta, mean, var = bn_arrays(node.source.get_weights(), cfg.get("scale", True),
-                                               cfg.get("center", True), channels)
-            factor = gamma / np.sqrt(var + cfg.get("epsilon", 1e-3))
-            _as_depthwise(node, factor, beta - mean * factor, (1, 1), trainable=True)
-        elif cfg.get("padding", "valid") == "valid" and cfg.get("data_format") in (None, "channels_last"):
-            pool = tuple(cfg["pool_size"])
-            strides = tuple(cfg.get("strides") or pool)
-            kernel = np.full(pool + (channels,), 1.0 / (pool[0] * pool[1]), "float32")
-            _as_depthwise(node, kernel, None, pool, strides)
