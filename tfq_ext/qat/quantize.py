@@ -24,7 +24,7 @@ from tfq_ext.qat.lowering import (exact_range, expand_activations, fold_scalar_o
                                   split_scalar_ops, split_wide_concat, standalone_relu_as_depthwise)
 from tfq_ext.qat.rewrite import bn_arrays, fold_batch_norms, fuse_relu, relu_kind, split_activation, split_separable
 from tfq_ext.qat.xnnpack import BorderCorrection, NearestUpsampling2D, ScalarAffine
-from tfq_ext.quantizers import ActivationQuantizer, FixedRangeQuantizer, WeightQuantizer
+from tfq_ext.quantizers import ActivationQuantizer, FixedRangeQuantizer, IdentityQuantizer, WeightQuantizer
 
 __all__ = ["quantize_model", "UnsupportedLayerError", "SUPPORTED_LAYERS"]
 
@@ -202,8 +202,14 @@ def _deserialize_layer(node: Node) -> keras.layers.Layer:
     return keras.layers.deserialize({"class_name": node.class_name, "config": node.config})
 
 
-def _output_quantizer(node: Node, act_quantizer, activation_bits: int):
-    """The output quantizer of a node: a fixed range where a rewrite implements a clip by saturation."""
+def _output_quantizer(node: Node, graph: Graph, act_quantizer, activation_bits: int):
+    """The output quantizer of a node: a fixed range where a rewrite implements a clip by saturation; None
+    (not quantized here) when only concatenations read the output.
+
+    The converter gives such a tensor the concatenation's scale, so TFLite requantizes the producer's
+    accumulators straight onto the concatenation's grid (measured: a producer with its own range differed by
+    up to 31 steps where its values passed that range); the concatenation's quantizer alone simulates that.
+    """
     output_range = node.extra.get("output_range")
     if output_range is None and node.class_name == "ScalarOp":
         clip = node.config["clip"]
@@ -211,12 +217,23 @@ def _output_quantizer(node: Node, act_quantizer, activation_bits: int):
             output_range = exact_range(*clip, num_bits=activation_bits)
     if output_range is not None:
         return FixedRangeQuantizer(*output_range, num_bits=activation_bits)
+    if _read_only_by_concat(graph, node.name):
+        return None
     return act_quantizer()
+
+
+def _read_only_by_concat(graph: Graph, name: str) -> bool:
+    if graph.is_output(name) or len(graph.nodes[name].calls) != 1:
+        return False
+    readers = [graph.nodes[c] for c in graph.consumers(name)]
+    return bool(readers) and all(r.class_name == "Concatenate" and "quantize_config" not in r.extra
+                                 and len(r.calls) == 1 for r in readers)
 
 
 def _make_layer(node: Node, graph: Graph, act_quantizer, weight_quantizer, activation_bits) -> keras.layers.Layer:
     if node.class_name == "FoldedBatchNorm":
-        node.extra["output_quantizer"] = act_quantizer()
+        quantizer = _output_quantizer(node, graph, act_quantizer, activation_bits)
+        node.extra["output_quantizer"] = quantizer if quantizer is not None else IdentityQuantizer()
     layer = _deserialize_layer(node)
     if node.extra.get("non_trainable"):
         layer.trainable = False
@@ -228,7 +245,7 @@ def _make_layer(node: Node, graph: Graph, act_quantizer, weight_quantizer, activ
     if node.class_name in KERNEL_LAYOUTS:
         attr = KERNEL_LAYOUTS[node.class_name][0]
         return QuantizeWrapperV2(layer, KernelQuantizeConfig(attr, weight_quantizer(node.class_name),
-                                                             _output_quantizer(node, act_quantizer,
+                                                             _output_quantizer(node, graph, act_quantizer,
                                                                                activation_bits)),
                                  name=f"quant_{node.name}")
     if node.class_name in OUTPUT_LAYERS:
@@ -241,7 +258,8 @@ def _make_layer(node: Node, graph: Graph, act_quantizer, weight_quantizer, activ
         elif node.class_name in _RELU_FUSING and _feeds_only_relu(graph, node.name):
             config = NoOpQuantizeConfig()
         else:
-            config = OutputQuantizeConfig(_output_quantizer(node, act_quantizer, activation_bits))
+            quantizer = _output_quantizer(node, graph, act_quantizer, activation_bits)
+            config = OutputQuantizeConfig(quantizer) if quantizer is not None else NoOpQuantizeConfig()
         return QuantizeWrapperV2(layer, config, name=f"quant_{node.name}")
     return layer  # passthrough: TFLite keeps the input's scale
 
