@@ -31,68 +31,42 @@ __all__ = ["keras", "tf", "ensure_tf_keras_model", "is_keras3_object"]
 
 
 def is_keras3_object(obj: object) -> bool:
-    """True for objects of the Keras 3 package (``import keras``), which tf_keras entry points cannot take."""
-    module = type(obj).__module__ or ""
-    return module == "keras" or module.startswith("keras.")
+    """True for objects of the Keras 3 package (``import keras``), which tf_keras entry points cannot take.
 
-
-def _convert_keras3_model(model: object) -> "keras.Model":
-    """Rebuilds a Keras 3 Sequential model of built-in layers with tf_keras, copying its weights."""
-    import keras as keras3  # only reached when the user already imported Keras 3
-
-    if not isinstance(model, keras3.Sequential):
-        raise TypeError("only Sequential Keras 3 models are converted automatically")
-    layers = []
-    for layer in model.layers:
-        cls = getattr(keras.layers, type(layer).__name__, None)
-        if cls is None:
-            raise TypeError(f"layer {layer.name!r} of class {type(layer).__name__} has no tf_keras equivalent")
-        config = dict(layer.get_config())
-        dtype = config.get("dtype")
-        if isinstance(dtype, dict):  # Keras 3 serialises the dtype policy as an object
-            config["dtype"] = dtype.get("config", {}).get("name", "float32")
-        for key in ("kernel_initializer", "bias_initializer", "gamma_initializer", "beta_initializer",
-                    "moving_mean_initializer", "moving_variance_initializer", "depthwise_initializer",
-                    "pointwise_initializer", "embeddings_initializer", "kernel_regularizer", "bias_regularizer",
-                    "activity_regularizer", "kernel_constraint", "bias_constraint", "depthwise_regularizer",
-                    "pointwise_regularizer", "depthwise_constraint", "pointwise_constraint",
-                    "gamma_regularizer", "beta_regularizer", "gamma_constraint", "beta_constraint",
-                    "embeddings_regularizer", "embeddings_constraint"):
-            config.pop(key, None)  # weights are copied; Keras 3 initializer configs do not deserialise
-        config.pop("synchronized", None)
-        config.pop("quantization_config", None)
-        try:
-            layers.append(cls.from_config(config))
-        except Exception as exc:  # noqa: BLE001 - reported with the layer name below
-            raise TypeError(f"layer {layer.name!r} ({type(layer).__name__}) could not be rebuilt: {exc}") from exc
-    new = keras.Sequential(layers, name=model.name)
-    new.build((None,) + tuple(model.inputs[0].shape[1:]))
-    for src, dst in zip(model.layers, new.layers):
-        dst.set_weights([w.numpy() if hasattr(w, "numpy") else w for w in src.get_weights()])
-    return new
+    Instances of user subclasses of Keras 3 classes (a subclassed ``keras.Model``) count too: their own class
+    lives in the user's module, so the whole MRO is checked.
+    """
+    for cls in type(obj).__mro__:
+        module = cls.__module__ or ""
+        if module == "keras" or module.startswith("keras."):
+            return True
+    return False
 
 
 def ensure_tf_keras_model(model: object, arg_name: str = "model") -> "keras.Model":
     """Returns ``model`` as a built tf_keras model, or raises a clear error.
 
-    A Keras 3 Sequential model of built-in layers is rebuilt with tf_keras from its config and weights (the
-    original is not modified); any other Keras 3 model gets an error that says how to rebuild it.
+    A built Keras 3 Sequential or functional model (nested models included) of built-in layers is rebuilt with
+    tf_keras from its config and weights by ``tfq_ext._keras3.convert_keras3_model`` (the original is not
+    modified); any other Keras 3 model gets an error that says how to rebuild it.
     """
     if is_keras3_object(model):
-        built = bool(getattr(model, "built", False)) and getattr(model, "inputs", None)
-        if not built:
-            raise ValueError(
-                f"`{arg_name}` is an unbuilt Keras 3 model. Build it (give it an Input) or rebuild it with "
-                f"tf_keras. Received: {arg_name}={model!r}"
-            )
+        from tfq_ext import _keras3  # imports Keras 3, which only users who already use it have loaded
+
+        if _keras3.is_keras3_graph_model(model):
+            built = bool(getattr(model, "built", False)) and getattr(model, "inputs", None)
+            if not built:
+                raise ValueError(
+                    f"`{arg_name}` is an unbuilt Keras 3 model. Build it (give it an Input) or rebuild it with "
+                    f"tf_keras. Received: {arg_name}={model!r}"
+                )
         try:
-            return _convert_keras3_model(model)
+            return _keras3.convert_keras3_model(model)
         except TypeError as exc:
             raise TypeError(
-                f"`{arg_name}` is a Keras 3 model (`import keras`), but tfq_ext works on the Keras 2 API "
-                f"(tf_keras), which tfmot and tf-gnn require. Automatic conversion failed: {exc}. Rebuild the "
-                f"model with `import tf_keras as keras` (or `from tfq_ext._keras import keras`) and copy the "
-                f"weights with `new.set_weights(old.get_weights())`. Received: {arg_name}={model!r}"
+                f"`{arg_name}` comes from Keras 3 (`import keras`), but tfq_ext works on the Keras 2 API "
+                f"(tf_keras), which tfmot and tf-gnn require. Automatic conversion failed: {exc} Received: "
+                f"{arg_name}={model!r}"
             ) from None
     if not isinstance(model, keras.Model):
         raise TypeError(f"`{arg_name}` must be a tf_keras Model. Received: {arg_name}={model!r} "
