@@ -26,7 +26,7 @@ from tfq_ext.qat.rewrite import bn_arrays, fold_batch_norms, fuse_relu, relu_kin
 from tfq_ext.qat.xnnpack import BorderCorrection, NearestUpsampling2D, ScalarAffine
 from tfq_ext.quantizers import ActivationQuantizer, FixedRangeQuantizer, IdentityQuantizer, WeightQuantizer
 
-__all__ = ["quantize_model", "UnsupportedLayerError", "SUPPORTED_LAYERS"]
+__all__ = ["quantize_model", "UnsupportedLayerError", "SUPPORTED_LAYERS", "FrozenQuantizeWrapper"]
 
 QuantizeWrapperV2 = tfmot.quantization.keras.QuantizeWrapperV2
 _QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
@@ -49,6 +49,23 @@ keras.utils.get_custom_objects().update({
     "QuantizeWrapperV2": QuantizeWrapperV2,
     "QuantizeWrapper": tfmot.quantization.keras.QuantizeWrapper,
 })
+
+
+@keras.utils.register_keras_serializable(package="tfq_ext")
+class FrozenQuantizeWrapper(QuantizeWrapperV2):
+    """tfmot's ``QuantizeWrapperV2`` for a layer whose weights are constants (a rewrite's 1/6 or a Rescaling's
+    scale as a depthwise kernel): tfmot lists a quantized weight as trainable even when the wrapped layer is
+    frozen; here nothing is trainable while ``trainable`` is False."""
+
+    @property
+    def trainable_weights(self):
+        return super().trainable_weights if self.trainable else []
+
+    @property
+    def non_trainable_weights(self):
+        if self.trainable:
+            return super().non_trainable_weights
+        return self._dedup_weights(super().trainable_weights + super().non_trainable_weights)
 
 
 class UnsupportedLayerError(ValueError):
@@ -244,7 +261,8 @@ def _make_layer(node: Node, graph: Graph, act_quantizer, weight_quantizer, activ
         return layer  # quantizes its folded kernel and its output itself
     if node.class_name in KERNEL_LAYOUTS:
         attr = KERNEL_LAYOUTS[node.class_name][0]
-        return QuantizeWrapperV2(layer, KernelQuantizeConfig(attr, weight_quantizer(node.class_name),
+        wrapper = FrozenQuantizeWrapper if node.extra.get("non_trainable") else QuantizeWrapperV2
+        return wrapper(layer, KernelQuantizeConfig(attr, weight_quantizer(node.class_name),
                                                              _output_quantizer(node, graph, act_quantizer,
                                                                                activation_bits)),
                                  name=f"quant_{node.name}")

@@ -12,7 +12,6 @@ They replace layers whose TFLite ops XNNPACK does not run in int8 (see ``tfq_ext
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import numpy as np
