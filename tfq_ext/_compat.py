@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from tfq_ext._keras import keras, tf
 
-__all__ = ["smart_cond", "resolve_training", "skips_first_node", "tf_interpreter_with_custom_ops", "tflite_schema",
-           "freeze_concrete_function"]
+__all__ = ["is_graph_model", "smart_cond", "resolve_training", "skips_first_node", "tf_interpreter_with_custom_ops",
+           "tflite_schema", "freeze_concrete_function", "tf_keras_convnext_layers"]
 
 
 def smart_cond(pred, true_fn, false_fn):
@@ -21,6 +21,12 @@ def smart_cond(pred, true_fn, false_fn):
 def resolve_training(training):
     """Keras' convention: ``training=None`` means the global learning phase."""
     return keras.backend.learning_phase() if training is None else training
+
+
+def is_graph_model(model) -> bool:
+    """True for a tf_keras Sequential or functional model, whose layer graph is its computation (not a
+    subclassed model, whose ``call`` is Python code); tf_keras marks those with ``_is_graph_network``."""
+    return isinstance(model, keras.Sequential) or bool(getattr(model, "_is_graph_network", False))
 
 
 def skips_first_node(model) -> bool:
@@ -70,9 +76,6 @@ def tf_keras_convnext_layers() -> dict:
     from tf_keras.src.applications import convnext
 
     return {"LayerScale": convnext.LayerScale, "StochasticDepth": convnext.StochasticDepth}
-
-
-__all__.append("tf_keras_convnext_layers")
 
 
 def freeze_concrete_function(function):

@@ -71,6 +71,15 @@ def ensure_tf_keras_model(model: object, arg_name: str = "model") -> "keras.Mode
     if not isinstance(model, keras.Model):
         raise TypeError(f"`{arg_name}` must be a tf_keras Model. Received: {arg_name}={model!r} "
                         f"(type {type(model).__name__})")
+    from tfq_ext._compat import is_graph_model
+
+    if model.built and not is_graph_model(model) and not getattr(model, "inputs", None):
+        raise ValueError(
+            f"`{arg_name}` is a subclassed model ({type(model).__name__}): `build()` gives it weights but no "
+            f"symbolic inputs, so its input shape is unknown here. Call it on a `keras.Input` inside a functional "
+            f"model, `inputs = keras.Input(shape); wrapped = keras.Model(inputs, {arg_name}(inputs))`, and pass "
+            f"`wrapped` (TFLite conversion works on that; quantization-aware training needs the layers themselves "
+            f"in a functional or Sequential graph). Received: {arg_name}={model!r}")
     if not model.built or not getattr(model, "inputs", None):
         raise ValueError(
             f"`{arg_name}` is not built: it has no defined inputs. Build it first, e.g. start a Sequential "

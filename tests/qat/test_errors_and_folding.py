@@ -168,3 +168,63 @@ def test_folded_kernel_gradient_reaches_weights_and_bn_parameters():
         loss = tf.reduce_sum(tf.square(layer(x, training=True)))
     grads = tape.gradient(loss, [layer.kernel, layer.gamma, layer.beta])
     assert all(g is not None and float(tf.reduce_sum(tf.abs(g))) > 0 for g in grads)
+
+
+class _Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.conv = L.Conv2D(4, 3)
+        self.head = L.Dense(3)
+
+    def call(self, x):
+        return self.head(L.Flatten()(self.conv(x)))
+
+
+def test_subclassed_model_gets_a_rebuild_hint():
+    model = _Subclassed()
+    model.build((None, 8, 8, 1))
+    with pytest.raises(ValueError, match="subclassed model") as info:
+        quantize_model(model)
+    assert "functional or Sequential" in str(info.value) and "keras.Input" in str(info.value)
+
+
+def test_subclassed_model_inside_a_functional_model_is_named():
+    inner = _Subclassed()
+    i = keras.Input((8, 8, 1))
+    model = keras.Model(i, inner(i))
+    with pytest.raises(ValueError, match="subclassed model") as info:
+        quantize_model(model)
+    assert inner.name in str(info.value)
+
+
+def test_subclassed_model_convert_hint():
+    import tflite_export
+
+    model = _Subclassed()
+    model.build((None, 8, 8, 1))
+    with pytest.raises(ValueError, match="subclassed model") as info:
+        tflite_export.convert(model, np.zeros((4, 8, 8, 1), "float32"))
+    assert "keras.Model(inputs, model(inputs))" in str(info.value)
+    wrapped_in = keras.Input((8, 8, 1))
+    wrapped = keras.Model(wrapped_in, model(wrapped_in))
+    assert tflite_export.verify(tflite_export.convert(wrapped, np.ones((4, 8, 8, 1), "float32"))).integer_only
+
+
+def test_dynamic_input_shape_converts_at_a_given_size():
+    import tflite_export
+
+    i = keras.Input((None, None, 3))
+    x = L.ReLU()(L.Conv2D(4, 3, padding="same")(i))
+    model = keras.Model(i, L.Conv2D(2, 1)(L.AveragePooling2D(3, strides=1, padding="same")(x)))
+    qat = quantize_model(model)
+    qat(np.random.default_rng(0).normal(size=(4, 12, 12, 3)).astype("float32"), training=True)
+    with pytest.raises(ValueError, match="input_shape=") as info:
+        tflite_export.convert(qat)
+    assert "(None, None, 3)" in str(info.value)
+    with pytest.raises(ValueError, match="input_shape"):
+        tflite_export.convert(qat, input_shape=(12, 12))
+    report = tflite_export.verify(tflite_export.convert(qat, input_shape=(12, 12, 3)))
+    assert report.integer_only and report.delegate_partitions == 1 and report.not_delegated == []
+    assert report.inputs[0]["shape"] == [1, 12, 12, 3]
+    calibrated = tflite_export.convert(model, np.zeros((4, 10, 10, 3), "float32"))
+    assert tflite_export.verify(calibrated).inputs[0]["shape"] == [1, 10, 10, 3]

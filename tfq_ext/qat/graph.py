@@ -11,7 +11,9 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
-from tfq_ext._compat import skips_first_node
+import numpy as np
+
+from tfq_ext._compat import is_graph_model, skips_first_node
 from tfq_ext._keras import keras
 
 __all__ = ["Node", "Graph", "flatten_model", "check_graph_model", "normalize_tf_op"]
@@ -104,8 +106,6 @@ _TF_ACTIVATIONS = {"nn.relu": "relu", "nn.relu6": "relu6", "math.sigmoid": "sigm
 def _scalar(value):
     """A Python float for a scalar constant operand, else None."""
     try:
-        import numpy as np
-
         array = np.asarray(value, dtype="float64")
     except (TypeError, ValueError):
         return None
@@ -200,7 +200,7 @@ def _sequential_as_functional(model: keras.Sequential, config: dict) -> dict:
 
 def check_graph_model(model, arg_name: str = "model") -> None:
     """Raises a clear error for a subclassed model, whose layer graph exists only inside its Python ``call``."""
-    if isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False):
+    if is_graph_model(model):
         return
     raise ValueError(
         f"`{arg_name}` ({model.name!r}, class {type(model).__name__}) is a subclassed model: its layers are "
@@ -286,7 +286,7 @@ def _inline(model: keras.Model, nodes: Dict[str, Node], owners: Dict[int, str], 
 
     work = []
     for layer_config in config["layers"]:
-        name = layer_config.get("name", layer_config["config"]["name"])
+        name = layer_config.get("name") or layer_config["config"]["name"]
         class_name = layer_config["class_name"]
         layer = None if class_name == "InputLayer" else model.get_layer(name)
         inbound = layer_config.get("inbound_nodes", [])
