@@ -16,6 +16,7 @@ verified (``tflite_export.report.verify``) and a float tensor raises :class:`Con
 from __future__ import annotations
 
 import itertools
+import logging
 import re
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
@@ -292,7 +293,19 @@ def _make_converter(model: keras.Model, shapes: list[tuple]) -> tf.lite.TFLiteCo
     else:
         function = tf.function(lambda *xs: model(list(xs), training=False))
     concrete = function.get_concrete_function(*specs)
-    return tf.lite.TFLiteConverter.from_concrete_functions([freeze_concrete_function(concrete)])
+    frozen = freeze_concrete_function(concrete)
+    absl_logger = logging.getLogger("absl")
+    absl_logger.addFilter(_no_trackable_warning)
+    try:
+        return tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+    finally:
+        absl_logger.removeFilter(_no_trackable_warning)
+
+
+def _no_trackable_warning(record: logging.LogRecord) -> bool:
+    # The converter warns that a function without its trackable object takes its "deprecated" path: that path is
+    # exactly the frozen graph wanted here (a trackable would make it save the Keras model first).
+    return "trackable_obj" not in record.getMessage()
 
 
 def _op_name(name: str) -> str:

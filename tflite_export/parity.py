@@ -54,20 +54,35 @@ def _inbound(layer) -> list:
     return list(parents) if isinstance(parents, (list, tuple)) else [parents]
 
 
-def _tensor_for_layers(model, details: dict, produced: list[int]) -> dict[str, int]:
-    """Keras layer name -> index of the first tensor (in execution order) that the layer's op writes."""
+def _layer_of(name: str, prefix: str, names: list[str]) -> str | None:
+    first = name.split(";")[0]
+    if not first.startswith(prefix):
+        return None
+    rest = first[len(prefix):]
+    return next((n for n in names if rest.startswith(n + "/")), None)
+
+
+def _tensor_for_layers(model, details: dict, ops: list[dict], outputs: set[int]) -> dict[str, int]:
+    """Keras layer name -> its output tensor: the first tensor (in execution order) written by the layer's ops
+    that an op of another layer reads or that is a graph output. A layer of several ops (a quantized layer
+    normalization) writes intermediates that only its own ops read."""
     names = sorted((layer.name for layer in model.layers), key=len, reverse=True)
     prefix = f"{model.name}/"
+    owner = {int(t): _layer_of(details[int(t)]["name"], prefix, names)
+             for op in ops for t in op["outputs"] if t >= 0}
+    readers: dict[int, set] = {}
+    for op in ops:
+        layer = owner.get(int(op["outputs"][0])) if len(op["outputs"]) else None
+        for t in op["inputs"]:
+            readers.setdefault(int(t), set()).add(layer)
     found: dict[str, int] = {}
-    for index in produced:
-        first = details[index]["name"].split(";")[0]
-        if not first.startswith(prefix):
-            continue
-        rest = first[len(prefix):]
-        for name in names:
-            if rest.startswith(name + "/") and name not in found:
-                found[name] = index
-                break
+    for op in ops:
+        for t in (int(t) for t in op["outputs"] if t >= 0):
+            layer = owner.get(t)
+            if layer is None or layer in found:
+                continue
+            if t in outputs or readers.get(t, set()) - {layer}:
+                found[layer] = t
     return found
 
 
@@ -105,9 +120,9 @@ def layer_parity(model: Any, flatbuffer: bytes, x: np.ndarray, max_samples: int 
                               experimental_preserve_all_tensors=True)
     interpreter.allocate_tensors()
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
-    produced = [int(t) for op in interpreter._get_ops_details() for t in op["outputs"] if t >= 0]
     (input_detail,) = interpreter.get_input_details()
-    tensors = _tensor_for_layers(model, details, produced)
+    outputs = {int(d["index"]) for d in interpreter.get_output_details()}
+    tensors = _tensor_for_layers(model, details, interpreter._get_ops_details(), outputs)
     for layer in model.layers:  # the model input is the file's input (it carries the input quantizer's scale)
         if type(layer).__name__ == "QuantizeInput" or isinstance(layer, keras.layers.InputLayer):
             tensors.setdefault(layer.name, int(input_detail["index"]))

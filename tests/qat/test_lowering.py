@@ -196,3 +196,43 @@ def test_tfop_constant_first_and_unknown_op():
     cumsum = keras.Model(i, _conv(tf.math.cumsum(_conv(i), axis=1)))
     with pytest.raises(ValueError, match="cumsum"):
         quantize_model(cumsum)
+
+
+def test_layer_normalization_block_is_integer_only():
+    """ConvNeXt's block: grouped 7x7 conv, LayerNormalization, Dense-GELU-Dense, LayerScale, residual TFOp add.
+    Integer-only; RSQRT (and GELU) have no int8 XNNPACK kernel, so they are the nodes left outside."""
+    from tflite_export.parity import layer_parity
+
+    keras.utils.set_random_seed(0)
+    i = keras.Input((8, 8, 16))
+    x = L.Conv2D(16, 7, padding="same", groups=16)(i)
+    x = L.LayerNormalization(epsilon=1e-6)(x)
+    x = L.Dense(32, activation="gelu")(x)
+    x = L.Dense(16)(x)
+    scale = tf_keras_layer_scale()(0.5, 16)
+    model = keras.Model(i, i + scale(x))
+    data = _data(model)
+    qat = quantize_model(model)
+    assert not any(type(layer).__name__ in ("LayerNormalization", "LayerScale") for layer in qat.layers)
+    for k in range(4):
+        qat(data[16 * k:16 * (k + 1)], training=True)
+    expected, got = model.predict(data, verbose=0), qat.predict(data, verbose=0)
+    assert np.mean(np.abs(got - expected)) <= 0.03 * float(np.ptp(expected))
+    flatbuffer = tflite_export.convert(qat)
+    report = tflite_export.verify(flatbuffer)
+    assert report.integer_only
+    assert "RSQRT" in report.not_delegated and set(report.not_delegated) <= {"RSQRT", "GELU", "ADD", "MUL"}
+    rows = [r for r in layer_parity(qat, flatbuffer, data, max_samples=4) if r.local_within_1 is not None]
+    assert len(rows) >= 4
+    for r in rows:
+        if r.layer.startswith("layer_normalization"):
+            # nine int8 ops in one layer, RSQRT a fixed-point approximation among them: their roundings add up
+            assert r.local_within_1 >= 0.95 and r.local_max <= 8, r
+        else:  # GELU is a lookup table in int8: one more step allowed
+            assert r.local_within_1 >= 0.98 and r.local_max <= 3, r
+
+
+def tf_keras_layer_scale():
+    from tfq_ext._compat import tf_keras_convnext_layers
+
+    return tf_keras_convnext_layers()["LayerScale"]

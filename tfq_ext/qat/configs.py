@@ -15,7 +15,7 @@ from tfq_ext._keras import keras
 from tfq_ext.quantizers import ActivationQuantizer, WeightQuantizer, deserialize_quantizer
 
 __all__ = ["KernelQuantizeConfig", "OutputQuantizeConfig", "NoOpQuantizeConfig", "KERNEL_LAYOUTS",
-           "OUTPUT_LAYERS", "PASSTHROUGH_LAYERS"]
+           "OUTPUT_LAYERS", "PASSTHROUGH_LAYERS", "SELF_QUANTIZED_LAYERS"]
 
 _QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
 
@@ -37,14 +37,17 @@ OUTPUT_LAYERS = frozenset({
     "Add", "Subtract", "Concatenate", "Multiply", "Average", "Maximum", "Minimum", "ReLU", "Activation",
     "LeakyReLU", "BatchNormalization", "Rescaling", "Softmax", "PReLU", "AveragePooling1D", "AveragePooling2D",
     "GlobalAveragePooling1D", "GlobalAveragePooling2D", "ScalarOp", "BorderCorrection", "Normalization",
+    "LayerScale",
 })
 # Layers TFLite runs in the input's scale: no quantizer, so the converter propagates the input's parameters.
 PASSTHROUGH_LAYERS = frozenset({
     "MaxPooling1D", "MaxPooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "Reshape", "Flatten", "Dropout",
     "SpatialDropout1D", "SpatialDropout2D", "GaussianDropout", "GaussianNoise", "AlphaDropout", "ZeroPadding1D",
     "ZeroPadding2D", "UpSampling1D", "UpSampling2D", "Cropping1D", "Cropping2D", "Permute", "SlicingOpLambda",
-    "NearestUpsampling2D",
+    "NearestUpsampling2D", "StochasticDepth",
 })
+# Layers with quantizers of their own, created by the rewrites (tfq_ext.qat.lowering).
+SELF_QUANTIZED_LAYERS = frozenset({"LayerNormalization"})
 
 
 @keras.utils.register_keras_serializable(package="tfq_ext")

@@ -21,6 +21,10 @@ The QAT model then simulates exactly what those int8 ops compute, so Keras and T
 - ``split_wide_concat``: CONCATENATION of more than 5 inputs -> nested ones.
 - ``nearest_upsampling``: UpSampling2D(nearest) -> :class:`~tfq_ext.qat.xnnpack.NearestUpsampling2D`
   (CONCATENATION + RESHAPE).
+- ``drop_identities``, ``fold_layer_scale``, ``layer_normalization``: ConvNeXt's ``Activation("linear")``
+  (no op, so no second quantizer), LayerScale (folded into the Dense before it, else a depthwise 1x1) and
+  LayerNormalization (:class:`~tfq_ext.qat.normalization.QuantLayerNormalization`; its RSQRT stays outside
+  XNNPACK, which has no int8 kernel for it).
 - ``prelu_as_depthwise``: PReLU with per-channel slopes a <= 1 -> ``a*x + relu((1-a)*x)``, two depthwise 1x1
   convolutions and an ADD.
 """
@@ -36,7 +40,8 @@ from tfq_ext.qat.rewrite import bn_arrays, relu_kind
 
 __all__ = ["fold_scalar_ops", "expand_activations", "per_channel_affine_as_depthwise",
            "standalone_relu_as_depthwise", "same_average_pool", "split_wide_concat", "nearest_upsampling",
-           "prelu_as_depthwise", "split_scalar_ops", "MAX_CONCAT_INPUTS", "exact_range"]
+           "prelu_as_depthwise", "split_scalar_ops", "drop_identities", "fold_layer_scale", "layer_normalization",
+           "MAX_CONCAT_INPUTS", "exact_range"]
 
 # XNNPACK delegates int8 CONCATENATION of at most this many inputs (measured: 5 yes, 6 no).
 MAX_CONCAT_INPUTS = 5
@@ -423,3 +428,60 @@ def split_scalar_ops(graph: Graph) -> None:
         _insert_before(graph, name, mul)
         cfg["scale"] = 1.0
         node.calls = [[[mul.name, 0, 0, {}]]]
+
+
+def drop_identities(graph: Graph) -> None:
+    """Removes ``Activation("linear")`` layers: TFLite has no op for them, so they must not quantize twice."""
+    for name in list(graph.nodes):
+        node = graph.nodes[name]
+        if (node.class_name == "Activation" and node.config.get("activation") == "linear"
+                and "quantize_config" not in node.extra and len(node.calls) == 1):
+            source = _input_ref(node)
+            if source[1] != 0 or source[2] != 0:
+                continue
+            graph.replace_refs(name, source[0])
+            graph.remove(name)
+
+
+def fold_layer_scale(graph: Graph) -> None:
+    """ConvNeXt's LayerScale (``x * gamma`` per channel) -> folded into the Dense/Conv that alone feeds it
+    (kernel and bias columns times gamma, exact), else a trainable depthwise 1x1 convolution on images."""
+    from tfq_ext.qat.configs import KERNEL_LAYOUTS
+
+    for name in list(graph.nodes):
+        node = graph.nodes[name]
+        if node.class_name != "LayerScale" or "quantize_config" in node.extra or node.source is None:
+            continue
+        gamma = node.source.get_weights()[0].reshape(-1).astype("float32")
+        producer = graph.nodes[_input_ref(node)[0]]
+        if (producer.class_name in ("Dense", "Conv2D") and producer.source is not None
+                and _sole_reader(graph, producer.name) is node and producer.config.get("activation") == "linear"
+                and "quantize_config" not in producer.extra):
+            attr = KERNEL_LAYOUTS[producer.class_name][0]
+            named = producer.extra.get("weights") or {
+                v.name.split("/")[-1].split(":")[0]: v.numpy() for v in producer.source.weights}
+            named = dict(named, **{attr: named[attr] * gamma})
+            if "bias" in named:
+                named["bias"] = named["bias"] * gamma
+            producer.extra["weights"] = named
+            graph.replace_refs(name, producer.name)
+            graph.remove(name)
+            continue
+        shape = _node_input_shape(graph, node)
+        if shape is not None and len(shape) == 4:
+            _replace_with_depthwise(node, gamma, None, trainable=True)
+
+
+def layer_normalization(graph: Graph) -> None:
+    """LayerNormalization over the last axis -> ``QuantLayerNormalization`` (intermediates quantized)."""
+    for node in graph.nodes.values():
+        if node.class_name != "LayerNormalization" or "quantize_config" in node.extra:
+            continue
+        axis = node.config.get("axis", -1)
+        axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
+        shape = _node_input_shape(graph, node)
+        if axis != -1 and (shape is None or axis != len(shape) - 1):
+            continue
+        node.class_name = "QuantLayerNormalization"
+        node.config = {"name": node.name, "epsilon": node.config.get("epsilon", 1e-3),
+                       "center": node.config.get("center", True), "scale": node.config.get("scale", True)}

@@ -14,14 +14,16 @@ from typing import Dict, Optional
 import tensorflow_model_optimization as tfmot
 
 from tfq_ext._keras import ensure_tf_keras_model, keras, tf
-from tfq_ext.qat.configs import (KERNEL_LAYOUTS, OUTPUT_LAYERS, PASSTHROUGH_LAYERS, KernelQuantizeConfig,
-                                 NoOpQuantizeConfig, OutputQuantizeConfig)
+from tfq_ext.qat.configs import (KERNEL_LAYOUTS, OUTPUT_LAYERS, PASSTHROUGH_LAYERS, SELF_QUANTIZED_LAYERS,
+                                 KernelQuantizeConfig, NoOpQuantizeConfig, OutputQuantizeConfig)
 from tfq_ext.qat.folding import FoldedBatchNorm, check_freeze_bn_delay
 from tfq_ext.qat.graph import Graph, Node, check_graph_model, flatten_model, iter_refs, map_refs
 from tfq_ext.qat.layers import QuantizeInput
-from tfq_ext.qat.lowering import (exact_range, expand_activations, fold_scalar_ops, nearest_upsampling,
+from tfq_ext.qat.lowering import (drop_identities, exact_range, expand_activations, fold_layer_scale,
+                                  fold_scalar_ops, layer_normalization, nearest_upsampling,
                                   per_channel_affine_as_depthwise, prelu_as_depthwise, same_average_pool,
                                   split_scalar_ops, split_wide_concat, standalone_relu_as_depthwise)
+from tfq_ext.qat.normalization import QuantLayerNormalization
 from tfq_ext.qat.rewrite import bn_arrays, fold_batch_norms, fuse_relu, relu_kind, split_activation, split_separable
 from tfq_ext.qat.xnnpack import BorderCorrection, NearestUpsampling2D, ScalarAffine
 from tfq_ext.quantizers import ActivationQuantizer, FixedRangeQuantizer, IdentityQuantizer, WeightQuantizer
@@ -31,7 +33,8 @@ __all__ = ["quantize_model", "UnsupportedLayerError", "SUPPORTED_LAYERS", "Froze
 QuantizeWrapperV2 = tfmot.quantization.keras.QuantizeWrapperV2
 _QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
 
-SUPPORTED_LAYERS = sorted(set(KERNEL_LAYOUTS) | OUTPUT_LAYERS | PASSTHROUGH_LAYERS | {"SeparableConv2D"})
+SUPPORTED_LAYERS = sorted(set(KERNEL_LAYOUTS) | OUTPUT_LAYERS | PASSTHROUGH_LAYERS | SELF_QUANTIZED_LAYERS
+                          | {"SeparableConv2D"})
 # Activations with an int8 TFLite form; sigmoid/softmax/tanh need the fixed output ranges TFLite uses, swish
 # becomes LOGISTIC + MUL and tf_keras' hard_sigmoid an affine with a clip (tfq_ext.qat.lowering).
 _ACTIVATIONS = {"linear", "relu", "relu6", "sigmoid", "tanh", "softmax", "swish", "silu", "hard_sigmoid", "gelu",
@@ -123,11 +126,14 @@ def quantize_model(model, *, per_channel: bool = True, weight_bits: int = 8, act
     _check_supported(graph)
     split_separable(graph)
     split_activation(graph)
+    drop_identities(graph)
     expand_activations(graph)
     fold_scalar_ops(graph)
     if fold_batch_norm:
         fold_batch_norms(graph, lambda c: keras.utils.serialize_keras_object(weight_quantizer(c)), freeze_bn_delay)
+    fold_layer_scale(graph)
     per_channel_affine_as_depthwise(graph)  # after folding: only BNs with nothing to fold into are left
+    layer_normalization(graph)
     fuse_relu(graph)
     # What XNNPACK would leave outside its partition, rewritten into ops it delegates (tfq_ext.qat.lowering).
     standalone_relu_as_depthwise(graph)
@@ -212,6 +218,8 @@ def _deserialize_layer(node: Node) -> keras.layers.Layer:
     if node.class_name == "FoldedBatchNorm":
         return FoldedBatchNorm.from_config(dict(node.config, name=f"quant_{node.name}",
                                                 output_quantizer=node.extra["output_quantizer"]))
+    if node.class_name == "QuantLayerNormalization":
+        return QuantLayerNormalization.from_config(dict(node.config, quantizer=node.extra["output_quantizer"]))
     if node.class_name == "ScalarOp":
         return ScalarAffine(node.config["scale"], node.config["offset"], node.config["clip"], name=node.name)
     if node.class_name in _OWN_LAYERS:
@@ -251,14 +259,16 @@ def _make_layer(node: Node, graph: Graph, act_quantizer, weight_quantizer, activ
     if node.class_name == "FoldedBatchNorm":
         quantizer = _output_quantizer(node, graph, act_quantizer, activation_bits)
         node.extra["output_quantizer"] = quantizer if quantizer is not None else IdentityQuantizer()
+    elif node.class_name == "QuantLayerNormalization":
+        node.extra["output_quantizer"] = act_quantizer()
     layer = _deserialize_layer(node)
     if node.extra.get("non_trainable"):
         layer.trainable = False
     user_config = node.extra.get("quantize_config")
     if user_config is not None:
         return QuantizeWrapperV2(layer, user_config, name=f"quant_{node.name}")
-    if node.class_name == "FoldedBatchNorm":
-        return layer  # quantizes its folded kernel and its output itself
+    if node.class_name in ("FoldedBatchNorm", "QuantLayerNormalization"):
+        return layer  # quantizes its kernel / intermediates and its output itself
     if node.class_name in KERNEL_LAYOUTS:
         attr = KERNEL_LAYOUTS[node.class_name][0]
         wrapper = FrozenQuantizeWrapper if node.extra.get("non_trainable") else QuantizeWrapperV2
