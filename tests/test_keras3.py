@@ -403,3 +403,39 @@ def test_quantize_model_and_tflite_export_take_a_converted_functional_model():
     scale, _ = output_quantization(flatbuffer)
     steps = np.max(np.abs(got - expected)) / scale
     assert steps <= 4  # int8 all the way: rounding at the input, each activation and the output (1.3 measured)
+
+
+def test_every_method_takes_a_keras3_model():
+    """DiffQ, Quant-Noise/iPQ and KQ reach the model through the same conversion as QAT and PTQ."""
+    from tfq_ext.diffq import apply_diffq
+    from tfq_ext.kq import quantize_kernels
+    from tfq_ext.quant_noise import add_quant_noise, quantize_pq
+
+    model = _small_conv_bn_relu_add()
+    x = np.random.default_rng(0).random((32, 8, 8, 1)).astype("float32")
+    y = np.arange(32) % 3
+    assert apply_diffq(model, min_size=0.0, group_size=4)(x[:2]).shape == (2, 3)
+    assert add_quant_noise(model, noise_rate=0.1)(x[:2]).shape == (2, 3)
+    pq, _ = quantize_pq(model, x, y, n_centroids=4, finetune_epochs=0, verbose=0,
+                        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    assert pq(x[:2]).shape == (2, 3)
+    kq, _ = quantize_kernels(model, n_codewords=4, min_kernels=4, finetune_epochs=0, verbose=0)
+    assert kq(x[:2]).shape == (2, 3)
+
+
+def test_keras3_application_through_qat_is_one_int8_partition():
+    import tflite_export
+    from tfq_ext.qat import quantize_model
+    from tflite_export.parity import layer_parity
+
+    model = keras3.applications.MobileNetV3Small(input_shape=(32, 32, 3), alpha=0.75, weights=None, classes=10,
+                                                 classifier_activation=None)
+    x = np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)).astype("float32")
+    qat = quantize_model(model)
+    for k in range(2):
+        qat(x[8 * k:8 * (k + 1)], training=True)
+    flatbuffer = tflite_export.convert(qat)
+    report = tflite_export.verify(flatbuffer)
+    assert report.integer_only and report.delegate_partitions == 1 and report.not_delegated == []
+    rows = [r for r in layer_parity(qat, flatbuffer, x, max_samples=2) if r.local_within_1 is not None]
+    assert len(rows) >= 50 and all(r.local_within_1 >= 0.999 and r.local_max <= 2 for r in rows)

@@ -13,6 +13,7 @@ from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 
+from tfq_ext._compat import is_graph_model
 from tfq_ext._keras import ensure_tf_keras_model, keras
 from tfq_ext.diffq.wrappers import KERNEL_ATTRS, DiffQWrapper, UniformQuantWrapper, _QuantWrapper, weight_paths
 from tfq_ext.ops import diffq as ops
@@ -92,11 +93,11 @@ def _wrap_model(model, make: Callable, targets: str, min_size: float, exclude: S
             copy = layer.__class__.from_config(layer.get_config())
             return make(copy, plan[layer.name]) if layer.name in plan else copy
 
-        try:
-            new = keras.models.clone_model(source, clone_function=clone_layer)
-        except ValueError as exc:
-            raise ValueError(f"{what} needs a Sequential or functional model (subclassed models cannot be cloned; "
-                             f"wrap their layers with the wrapper classes directly): {exc}") from None
+        if not is_graph_model(source):
+            raise ValueError(f"{what} needs a Sequential or functional model: {source.name!r} is subclassed "
+                             f"({type(source).__name__}) and cannot be cloned; wrap its layers with the wrapper "
+                             f"classes directly. Received: model={source!r}")
+        new = keras.models.clone_model(source, clone_function=clone_layer)
         for layer in source.layers:
             if isinstance(layer, keras.Model) or not layer.weights:
                 continue
