@@ -364,7 +364,7 @@ def _run_converter(model: keras.Model, samples: list | None, float_io: bool, per
 
 
 def convert(model: Any, representative_data: Any = None, *, float_io: bool = False, per_channel: bool = True,
-            verify: bool = True, input_shape: Any = None) -> bytes:
+            verify: bool = True, input_shape: Any = None, xnnpack_rewrites: bool = True) -> bytes:
     """Converts a tf_keras model to a full-integer (int8) TFLite flatbuffer.
 
     A QAT model (see :func:`is_qat_model`) converts from its fake-quant ranges; ``representative_data`` is
@@ -384,6 +384,9 @@ def convert(model: Any, representative_data: Any = None, *, float_io: bool = Fal
         input_shape: The per-sample input shape to convert at (batch axis excluded; a list of shapes for
             several inputs). Needed only for inputs with dynamic axes, e.g. ``(None, None, 3)``, when
             ``representative_data`` does not give the size: the file always has static shapes.
+        xnnpack_rewrites: For a float model, first apply the exact rewrites that keep the int8 file in one
+            XNNPACK partition (``tfq_ext.qat.float_lowering.lower_for_xnnpack``: hard-swish without HARD_SWISH,
+            ``same`` average pools, ReLUs after shared Adds, ...). A QAT model already has them.
 
     Returns:
         The flatbuffer bytes.
@@ -403,6 +406,7 @@ def convert(model: Any, representative_data: Any = None, *, float_io: bool = Fal
     float_io = _check_bool(float_io, "float_io")
     per_channel = _check_bool(per_channel, "per_channel")
     do_verify = _check_bool(verify, "verify")
+    rewrites = _check_bool(xnnpack_rewrites, "xnnpack_rewrites")
     model = ensure_tf_keras_model(model, "model")
     qat = is_qat_model(model)
     if representative_data is None and not qat:
@@ -412,6 +416,8 @@ def convert(model: Any, representative_data: Any = None, *, float_io: bool = Fal
             "`convert(model, x_train[:200])`, or convert a quantization-aware-trained model. "
             f"Received: representative_data=None for model {model.name!r} without fake-quant layers")
     samples = None if representative_data is None else _calibration_samples(representative_data, model)
+    if rewrites and not qat:
+        model = _lowered(model)
     shapes = _static_shapes(model, samples, input_shape)
     if samples is not None and input_shape is not None:
         for i, shape in enumerate(shapes):
@@ -432,6 +438,20 @@ def convert(model: Any, representative_data: Any = None, *, float_io: bool = Fal
                 f"kernel was left in float between DEQUANTIZE/QUANTIZE; replace it, or pass verify=False to "
                 f"keep the file anyway.", report)
     return flatbuffer
+
+
+def _lowered(model: keras.Model) -> keras.Model:
+    """The float model with the XNNPACK rewrites, or the model itself when they do not apply."""
+    from tfq_ext.qat.float_lowering import lower_for_xnnpack
+
+    try:
+        lowered = lower_for_xnnpack(model)
+    except Exception as exc:  # noqa: BLE001 - the rewrites are an optimisation: convert the model as it is
+        warnings.warn(f"The XNNPACK rewrites of model {model.name!r} failed ({type(exc).__name__}: {exc}); it is "
+                      f"converted as it is, which may leave int8 ops outside XNNPACK. Pass "
+                      f"xnnpack_rewrites=False to skip them.", RuntimeWarning, stacklevel=3)
+        return model
+    return model if lowered is None else lowered
 
 
 # Ops whose presence is normal in an int8 file; the error message lists the others as suspects.

@@ -236,3 +236,37 @@ def tf_keras_layer_scale():
     from tfq_ext._compat import tf_keras_convnext_layers
 
     return tf_keras_convnext_layers()["LayerScale"]
+
+
+@pytest.mark.parametrize("case", sorted(set(CASES) - {"global_pool_dense", "squeeze_excite", "wide_concat"}))
+def test_post_training_file_gets_the_same_rewrites(case):
+    """convert() of the float model applies the rewrites in float (outputs unchanged): one partition too."""
+    from tfq_ext.qat.float_lowering import lower_for_xnnpack
+
+    factory, forbidden, _ = CASES[case]
+    keras.utils.set_random_seed(0)
+    model = factory()
+    x = _data(model, 32)
+    lowered = lower_for_xnnpack(model)  # None: nothing to rewrite, the model converts as it is
+    if lowered is not None:
+        expected = model.predict(x, verbose=0)
+        np.testing.assert_allclose(lowered.predict(x, verbose=0), expected,
+                                   atol=1e-5 * float(np.abs(expected).max()))
+    report = tflite_export.verify(tflite_export.convert(model, x))
+    assert report.integer_only and report.delegate_partitions == 1 and report.not_delegated == [], str(report)
+    assert not set(report.op_histogram) & forbidden
+
+
+def test_post_training_rewrites_skip_unknown_layers_and_can_be_turned_off():
+    from tfq_ext.qat.float_lowering import lower_for_xnnpack
+
+    i = keras.Input((4, 4, 3))
+    x = _conv(i)
+    added = L.Add()([x, x])
+    model = keras.Model(i, L.Concatenate()([L.ReLU()(added), added]))  # the Add has two readers
+    custom = keras.Model(i, tf.math.cumsum(L.ReLU()(_conv(i)), axis=1))
+    assert lower_for_xnnpack(custom) is None  # a TFOpLambda the rewrites do not know: converted as it is
+    data = _data(model, 8)
+    off = tflite_export.verify(tflite_export.convert(model, data, xnnpack_rewrites=False))
+    on = tflite_export.verify(tflite_export.convert(model, data))
+    assert "RELU" in off.not_delegated and on.not_delegated == []

@@ -40,7 +40,7 @@ from tfq_ext.qat.rewrite import bn_arrays, relu_kind
 
 __all__ = ["fold_scalar_ops", "expand_activations", "per_channel_affine_as_depthwise",
            "standalone_relu_as_depthwise", "same_average_pool", "split_wide_concat", "nearest_upsampling",
-           "prelu_as_depthwise", "split_scalar_ops", "drop_identities", "fold_layer_scale", "layer_normalization",
+           "prelu_as_depthwise", "split_scalar_ops", "clip_as_relu6", "drop_identities", "fold_layer_scale", "layer_normalization",
            "MAX_CONCAT_INPUTS", "exact_range"]
 
 # XNNPACK delegates int8 CONCATENATION of at most this many inputs (measured: 5 yes, 6 no).
@@ -485,3 +485,22 @@ def layer_normalization(graph: Graph) -> None:
         node.class_name = "QuantLayerNormalization"
         node.config = {"name": node.name, "epsilon": node.config.get("epsilon", 1e-3),
                        "center": node.config.get("center", True), "scale": node.config.get("scale", True)}
+
+
+def clip_as_relu6(graph: Graph) -> None:
+    """For float graphs: a ScalarOp clipped to [low, high] (not [0, 6]) -> ``relu6`` of a rescaled affine, then
+    the inverse rescale: ``clip(z, l, h) = l + (h - l) / 6 * relu6(6 (z - l) / (h - l))``, exact in float and
+    two 1x1 depthwise convolutions (QAT does the clip with the int8 saturation of a fixed range instead)."""
+    for name in list(graph.nodes):
+        node = graph.nodes[name]
+        clip = node.config.get("clip") if node.class_name == "ScalarOp" else None
+        if clip is None or clip[0] is None or clip[1] is None or list(clip) == [0.0, 6.0] or clip[1] <= clip[0]:
+            continue
+        low, high = clip
+        span = high - low
+        inner = _scalar_op(_fresh(graph, f"{name}_clip"), 6.0 * node.config["scale"] / span,
+                           6.0 * (node.config["offset"] - low) / span, [0.0, 6.0], node.calls)
+        _insert_before(graph, name, inner)
+        _same_shape(graph, inner.name, name)
+        node.config = {"name": name, "scale": span / 6.0, "offset": low, "clip": None}
+        node.calls = [[[inner.name, 0, 0, {}]]]

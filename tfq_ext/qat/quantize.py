@@ -13,19 +13,18 @@ from typing import Dict, Optional
 
 import tensorflow_model_optimization as tfmot
 
-from tfq_ext._keras import ensure_tf_keras_model, keras, tf
+from tfq_ext._keras import ensure_tf_keras_model, keras
 from tfq_ext.qat.configs import (KERNEL_LAYOUTS, OUTPUT_LAYERS, PASSTHROUGH_LAYERS, SELF_QUANTIZED_LAYERS,
                                  KernelQuantizeConfig, NoOpQuantizeConfig, OutputQuantizeConfig)
-from tfq_ext.qat.folding import FoldedBatchNorm, check_freeze_bn_delay
-from tfq_ext.qat.graph import Graph, Node, check_graph_model, flatten_model, iter_refs, map_refs
+from tfq_ext.qat.folding import check_freeze_bn_delay
+from tfq_ext.qat.build import deserialize_layer, load_weights, rebuild
+from tfq_ext.qat.graph import Graph, Node, check_graph_model, flatten_model
 from tfq_ext.qat.layers import QuantizeInput
 from tfq_ext.qat.lowering import (drop_identities, exact_range, expand_activations, fold_layer_scale,
                                   fold_scalar_ops, layer_normalization, nearest_upsampling,
                                   per_channel_affine_as_depthwise, prelu_as_depthwise, same_average_pool,
                                   split_scalar_ops, split_wide_concat, standalone_relu_as_depthwise)
-from tfq_ext.qat.normalization import QuantLayerNormalization
-from tfq_ext.qat.rewrite import bn_arrays, fold_batch_norms, fuse_relu, relu_kind, split_activation, split_separable
-from tfq_ext.qat.xnnpack import BorderCorrection, NearestUpsampling2D, ScalarAffine
+from tfq_ext.qat.rewrite import fold_batch_norms, fuse_relu, relu_kind, split_activation, split_separable
 from tfq_ext.quantizers import ActivationQuantizer, FixedRangeQuantizer, IdentityQuantizer, WeightQuantizer
 
 __all__ = ["quantize_model", "UnsupportedLayerError", "SUPPORTED_LAYERS", "FrozenQuantizeWrapper"]
@@ -39,8 +38,6 @@ SUPPORTED_LAYERS = sorted(set(KERNEL_LAYOUTS) | OUTPUT_LAYERS | PASSTHROUGH_LAYE
 # becomes LOGISTIC + MUL and tf_keras' hard_sigmoid an affine with a clip (tfq_ext.qat.lowering).
 _ACTIVATIONS = {"linear", "relu", "relu6", "sigmoid", "tanh", "softmax", "swish", "silu", "hard_sigmoid", "gelu",
                 "leaky_relu"}
-# This package's own layers that the rewrites create, by class name.
-_OWN_LAYERS = {cls.__name__: cls for cls in (BorderCorrection, NearestUpsampling2D)}
 _FIXED_RANGES = {"sigmoid": (0.0, 1.0), "softmax": (0.0, 1.0), "tanh": (-1.0, 1.0)}
 # The converter rejects per-channel fake quantization where it reshapes or transposes the kernel into TFLite's
 # layout ("op has mismatched quantized axes", measured with TF 2.21): these kernels are quantized per tensor.
@@ -148,10 +145,10 @@ def quantize_model(model, *, per_channel: bool = True, weight_bits: int = 8, act
         if node.class_name == "InputLayer":
             continue
         layers[node.name] = _make_layer(node, graph, act_quantizer, weight_quantizer, activation_bits)
-    qat_model = _rebuild(graph, layers, activation_bits, act_quantizer)
+    qat_model = rebuild(graph, layers, lambda name: QuantizeInput(act_quantizer(), name=f"quantize_{name}"))
     for node in graph.nodes.values():
         if node.name in layers:
-            _load_weights(node, layers[node.name])
+            load_weights(node, layers[node.name])
     return qat_model
 
 
@@ -208,25 +205,6 @@ def _check_supported(graph: Graph) -> None:
             f"Supported layer classes: {', '.join(SUPPORTED_LAYERS)}.")
 
 
-def _deserialize_layer(node: Node) -> keras.layers.Layer:
-    custom = node.extra.get("custom_class")
-    if custom is not None:
-        return custom.from_config(node.config)
-    if node.source is not None and type(node.source).__name__ == node.class_name:
-        # The layer's own class: works for custom layers that Keras' registry does not know.
-        return type(node.source).from_config(node.config)
-    if node.class_name == "FoldedBatchNorm":
-        return FoldedBatchNorm.from_config(dict(node.config, name=f"quant_{node.name}",
-                                                output_quantizer=node.extra["output_quantizer"]))
-    if node.class_name == "QuantLayerNormalization":
-        return QuantLayerNormalization.from_config(dict(node.config, quantizer=node.extra["output_quantizer"]))
-    if node.class_name == "ScalarOp":
-        return ScalarAffine(node.config["scale"], node.config["offset"], node.config["clip"], name=node.name)
-    if node.class_name in _OWN_LAYERS:
-        return _OWN_LAYERS[node.class_name].from_config(node.config)
-    return keras.layers.deserialize({"class_name": node.class_name, "config": node.config})
-
-
 def _output_quantizer(node: Node, graph: Graph, act_quantizer, activation_bits: int):
     """The output quantizer of a node: a fixed range where a rewrite implements a clip by saturation; None
     (not quantized here) when only concatenations read the output.
@@ -261,7 +239,7 @@ def _make_layer(node: Node, graph: Graph, act_quantizer, weight_quantizer, activ
         node.extra["output_quantizer"] = quantizer if quantizer is not None else IdentityQuantizer()
     elif node.class_name == "QuantLayerNormalization":
         node.extra["output_quantizer"] = act_quantizer()
-    layer = _deserialize_layer(node)
+    layer = deserialize_layer(node)
     if node.extra.get("non_trainable"):
         layer.trainable = False
     user_config = node.extra.get("quantize_config")
@@ -299,82 +277,3 @@ def _feeds_only_relu(graph: Graph, name: str) -> bool:
     return len(consumers) == 1 and relu_kind(consumers[0]) is not None
 
 
-def _rebuild(graph: Graph, layers: Dict[str, keras.layers.Layer], activation_bits, act_quantizer) -> keras.Model:
-    outputs_by_call: Dict[tuple, object] = {}
-    inputs: Dict[str, object] = {}
-    for node in graph.nodes.values():
-        if node.class_name != "InputLayer":
-            continue
-        cfg = node.config
-        shape = cfg.get("batch_input_shape") or cfg.get("batch_shape")
-        tensor = keras.Input(batch_shape=tuple(shape), dtype=cfg.get("dtype", "float32"), name=node.name,
-                             sparse=cfg.get("sparse", False), ragged=cfg.get("ragged", False))
-        inputs[node.name] = tensor
-        quantized = tensor
-        if tensor.dtype.is_floating:
-            quantized = QuantizeInput(act_quantizer(), name=f"quantize_{node.name}")(tensor)
-        outputs_by_call[(node.name, 0)] = quantized
-
-    def tensor_of(ref):
-        out = outputs_by_call[(ref[0], ref[1])]
-        return tf.nest.flatten(out)[ref[2]]
-
-    work = [(node, index, call) for node in graph.nodes.values() if node.class_name != "InputLayer"
-            for index, call in enumerate(node.calls)]
-    while work:
-        remaining = []
-        for node, index, call in work:
-            refs = iter_refs(call)
-            if any((ref[0], ref[1]) not in outputs_by_call for ref in refs):
-                remaining.append((node, index, call))  # a shared layer whose later call needs later layers
-                continue
-            kwargs = dict(refs[-1][3]) if refs and len(refs[-1]) > 3 and refs[-1][3] else {}
-            args = map_refs(call, tensor_of)
-            if isinstance(args, list) and len(args) == 1:
-                args = args[0]
-            outputs_by_call[(node.name, index)] = layers[node.name](args, **kwargs)
-        if len(remaining) == len(work):
-            raise RuntimeError("internal error: the rewritten graph has a cycle or a dangling reference")
-        work = remaining
-    outputs = [tensor_of(ref) for ref in graph.outputs]
-    ordered_inputs = [inputs[ref[0]] for ref in graph.inputs]
-    return keras.Model(ordered_inputs if len(ordered_inputs) > 1 else ordered_inputs[0],
-                       outputs if len(outputs) > 1 else outputs[0])
-
-
-def _short_name(variable) -> str:
-    return variable.name.split("/")[-1].split(":")[0]
-
-
-def named_weights(layer: keras.layers.Layer) -> Dict[str, object]:
-    """``{short variable name: value}`` of a layer (``kernel``, ``bias``, ``gamma``, ...)."""
-    return {_short_name(v): v.numpy() for v in layer.weights}
-
-
-def _load_weights(node: Node, layer: keras.layers.Layer) -> None:
-    """Copies the original values into the new (possibly wrapped) layer, matching variables by short name."""
-    if node.class_name == "FoldedBatchNorm":
-        target = layer.layer if isinstance(layer, QuantizeWrapperV2) else layer
-        kernel_weights = node.extra["kernel_weights"]
-        if kernel_weights is not None:
-            target.kernel.assign(kernel_weights[0])
-            if target.conv_bias is not None:
-                target.conv_bias.assign(kernel_weights[1])
-        if node.extra["bn_weights"] is not None:
-            scale, center = node.extra["bn_flags"]
-            values = bn_arrays(node.extra["bn_weights"], scale, center, int(target.gamma.shape[0]))
-            for variable, value in zip((target.gamma, target.beta, target.moving_mean, target.moving_variance),
-                                       values):
-                variable.assign(value)
-        return
-    values = node.extra.get("weights")
-    if values is None:
-        values = named_weights(node.source) if node.source is not None else {}
-    remaining = dict(values)
-    for variable in layer.weights:
-        key = _short_name(variable)
-        if key in remaining:
-            variable.assign(remaining.pop(key))
-    if remaining:
-        raise RuntimeError(f"internal error: weights {sorted(remaining)} of layer '{node.name}' were not copied "
-                           f"into its quantized version")

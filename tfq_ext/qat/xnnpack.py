@@ -66,10 +66,14 @@ class BorderCorrection(keras.layers.Layer):
         strides: the pool's strides. Only (1, 1) derives the pool's input size from this layer's input;
             other strides need ``input_size``.
         input_size: (height, width) of the pool's input, or None for stride 1.
+        quantize_map: fake-quantize the map (QAT); False for a float model that post-training quantization
+            calibrates.
     """
 
-    def __init__(self, pool_size=(2, 2), strides=(1, 1), input_size: Optional[Sequence[int]] = None, **kwargs):
+    def __init__(self, pool_size=(2, 2), strides=(1, 1), input_size: Optional[Sequence[int]] = None,
+                 quantize_map: bool = True, **kwargs):
         super().__init__(**kwargs)
+        self.quantize_map = bool(quantize_map)
         self.pool_size = tuple(int(k) for k in pool_size)
         self.strides = tuple(int(s) for s in strides)
         self.input_size = None if input_size is None else tuple(int(v) for v in input_size)
@@ -86,7 +90,7 @@ class BorderCorrection(keras.layers.Layer):
             height = inputs.shape[1] if inputs.shape[1] is not None else shape[1]
             width = inputs.shape[2] if inputs.shape[2] is not None else shape[2]
         values = border_correction_map(height, width, self.pool_size, self.strides)
-        factor = fake_quant(values, *self._range)
+        factor = fake_quant(values, *self._range) if self.quantize_map else values
         return inputs * tf.cast(factor, inputs.dtype)
 
     def compute_output_shape(self, input_shape):
@@ -94,7 +98,8 @@ class BorderCorrection(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(pool_size=self.pool_size, strides=self.strides, input_size=self.input_size)
+        config.update(pool_size=self.pool_size, strides=self.strides, input_size=self.input_size,
+                      quantize_map=self.quantize_map)
         return config
 
 
