@@ -53,7 +53,7 @@ def test_keras_and_tflite_agree(exported, digits):
     # within one step, 97% of the logits within two); the layer-by-layer check is below.
     assert np.mean(steps <= 2.0) >= 0.95, f"only {np.mean(steps <= 2.0):.3f} within 2 steps"
     agreement = np.mean(np.argmax(raw, 1) == np.argmax(keras_out, 1))
-    assert agreement >= 0.98
+    assert agreement >= 0.99
 
 
 def test_every_layer_within_one_step(exported, digits):
