@@ -195,7 +195,7 @@ def _machine() -> dict:
             "versions": versions}
 
 
-def main(out_dir, quick: bool = False, command: str = "", parts=("coverage", "accuracy")) -> dict:
+def main(out_dir, quick: bool = False, command: str = "", parts=("coverage", "accuracy"), archs=None) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / "applications.json"
@@ -207,12 +207,22 @@ def main(out_dir, quick: bool = False, command: str = "", parts=("coverage", "ac
     if "accuracy" in parts:
         from benchmarks.applications_accuracy import accuracy
 
-        results["accuracy"] = accuracy(quick)
-    results_path.write_text(json.dumps(results, indent=1, default=float))
+        from benchmarks.applications_accuracy import ARCHITECTURES
+
+        def save(partial):
+            results["accuracy"] = partial
+            _write(results, out_dir)
+
+        accuracy(quick, tuple(archs or ARCHITECTURES), results.get("accuracy"), save)
+    _write(results, out_dir)
+    return results
+
+
+def _write(results: dict, out_dir: Path) -> None:
     from benchmarks.applications_report import write_markdown
 
+    (out_dir / "applications.json").write_text(json.dumps(results, indent=1, default=float))
     write_markdown(results, out_dir / "applications.md")
-    return results
 
 
 if __name__ == "__main__":
@@ -224,7 +234,8 @@ if __name__ == "__main__":
         parser = argparse.ArgumentParser(description=__doc__)
         parser.add_argument("--quick", action="store_true")
         parser.add_argument("--parts", nargs="+", default=["coverage", "accuracy"])
+        parser.add_argument("--arch", nargs="+", help="accuracy part: only these architectures (others kept)")
         parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
         args = parser.parse_args()
         main(args.out, args.quick, " ".join([sys.executable, "-m", "benchmarks.applications", *sys.argv[1:]]),
-             tuple(args.parts))
+             tuple(args.parts), args.arch)

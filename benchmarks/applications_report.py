@@ -69,7 +69,7 @@ def accuracy_table(accuracy: dict) -> list[str]:
         files = "; ".join(f"{k}: {r[k + '_file']['partitions']} partition(s), outside {r[k + '_file']['outside']}"
                           for k in ("qat_int8", "ptq_int8"))
         lines.append(
-            f"| {name} ({r['float_epochs']}+{r['qat_epochs']} epochs) | {r['float_keras_acc']:.4f} | "
+            f"| {name} ({r.get('train_images', 60000) // 1000}k images, {r['float_epochs']}+{r['qat_epochs']} epochs) | {r['float_keras_acc']:.4f} | "
             f"{r['float_reference_keras_acc']:.4f} | {r['fp32_tflite_acc']:.4f} | {r['ptq_int8_tflite_acc']:.4f} | {r['qat_int8_tflite_acc']:.4f} | "
             f"{r['qat_minus_float_points']:+.2f} | {files} | {lat['fp32']['median_ms']:.3f} / "
             f"{lat['qat_int8']['median_ms']:.3f} / {lat['ptq_int8']['median_ms']:.3f} | "

@@ -24,6 +24,7 @@ __all__ = [
     "fake_quant",
     "fake_quant_per_channel",
     "fake_quant_affine",
+    "fake_quant_folded_kernel",
     "symmetric_range",
     "round_ste",
 ]
@@ -102,6 +103,90 @@ def fake_quant_per_channel(x: tf.Tensor, min_val, max_val, axis: int = -1, num_b
     quantized = tf.quantization.fake_quant_with_min_max_vars_per_channel(
         moved, min_val, max_val, num_bits=int(num_bits), narrow_range=narrow_range)
     return tf.transpose(quantized, inverse)
+
+
+def fake_quant_folded_kernel(kernel: tf.Tensor, gamma: tf.Tensor, inv_sigma: tf.Tensor, num_bits: int = 8,
+                             per_channel: bool = True, return_quantized: bool = False):
+    """Fake-quantizes a BN-folded kernel and scales it back by the folding factor; its gradient written out.
+
+    With ``f = gamma * inv_sigma`` (one factor per output channel), the folded kernel ``u = kernel * f`` is
+    fake-quantized symmetrically in narrow range with its own range ``max |u|`` (per column, or over the whole
+    tensor), exactly as :class:`~tfq_ext.quantizers.WeightQuantizer` does, and divided by ``f`` again, which is
+    the kernel whose convolution batch-normalises to the corrected BN-folding output (Jacob et al.).
+
+    Forward: ``Q(u) / safe(f)``, with ``safe(f) = f`` where ``|f| > 1e-12`` and 1e-12 elsewhere; also the batch
+    norm scale ``gamma`` (``1e-12 / inv_sigma`` where ``|f| <= 1e-12``) and, if asked, ``Q(u)`` itself.
+    Backward: what automatic differentiation of that forward gives (the clipped STE of the fake-quant op, the
+    gradient of its range ``max |u|`` back to the elements that reach it, the product and quotient rules), in a
+    few fused expressions instead of one gradient function per elementary op; ``inv_sigma`` gets none (moving
+    variance). This keeps the training graph, and the time to trace and optimise it, close to conv + BN.
+
+    Args:
+        kernel: the unfolded kernel with its output channels on the last axis (a depthwise kernel reshaped
+            so that its merged channels are).
+        gamma, inv_sigma: ``[channels]``: BN scale and ``1 / sqrt(moving_variance + eps)``.
+        num_bits: weight bits.
+        per_channel: one range per output channel (else one for the tensor).
+        return_quantized: also return ``Q(u)`` (for a branch that convolves with the folded kernel).
+
+    Returns:
+        ``(Q(u) / safe(f), bn_scale)``, or ``(Q(u), Q(u) / safe(f), bn_scale)`` with ``return_quantized``.
+    """
+    qrange(num_bits, True)
+    num_bits = int(num_bits)
+
+    others = list(range(kernel.shape.rank - 1))  # every axis but the channels
+    range_axes = others if per_channel else None
+
+    @tf.custom_gradient
+    def folded(kernel, gamma, inv_sigma):
+        factor = gamma * inv_sigma
+        u = kernel * factor
+        magnitude = tf.abs(u)
+        bound = tf.maximum(tf.reduce_max(magnitude, axis=range_axes), 1e-8)
+        low = -bound
+        if per_channel:
+            quantized = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+                u, low, bound, num_bits=num_bits, narrow_range=True)
+        else:
+            quantized = tf.quantization.fake_quant_with_min_max_vars(u, low, bound, num_bits=num_bits,
+                                                                     narrow_range=True)
+        regular = tf.abs(factor) > 1e-12
+        inv_safe = 1.0 / tf.where(regular, factor, 1e-12)  # per channel: kernel-sized products, not quotients
+        unfolded = quantized * inv_safe
+        inv_safe_sigma = inv_safe * inv_sigma  # d(1 / safe(f)) / d gamma = -inv_safe**2 * inv_sigma
+        scale = tf.where(regular, gamma, 1e-12 / inv_sigma)
+
+        def grad(*upstream):
+            if return_quantized:
+                d_quantized, d_unfolded, d_scale = upstream
+                dq = d_unfolded * inv_safe + d_quantized
+            else:
+                d_unfolded, d_scale = upstream
+                dq = d_unfolded * inv_safe
+            if per_channel:
+                du, dmin, dmax = tf.quantization.fake_quant_with_min_max_vars_per_channel_gradient(
+                    dq, u, low, bound, num_bits=num_bits, narrow_range=True)
+            else:
+                du, dmin, dmax = tf.quantization.fake_quant_with_min_max_vars_gradient(
+                    dq, u, low, bound, num_bits=num_bits, narrow_range=True)
+            # The range: d bound = dmax - dmin goes to the elements whose |u| is the maximum (shared among ties),
+            # with the sign of u; none while the maximum is below the 1e-8 floor (then no |u| equals the bound).
+            at_bound = tf.cast(tf.equal(magnitude, bound), u.dtype)
+            share = tf.math.divide_no_nan(dmax - dmin, tf.reduce_sum(at_bound, axis=range_axes))
+            du = du + tf.sign(u) * at_bound * share
+            # gamma reaches the output through u = kernel * f, through 1 / safe(f) and through the scale; the
+            # last two only where f is regular.
+            d_inverse = tf.reduce_sum(d_unfolded * unfolded, axis=others) * inv_safe_sigma
+            d_gamma = (tf.reduce_sum(du * kernel, axis=others) * inv_sigma
+                       + tf.where(regular, d_scale - d_inverse, 0.0))
+            return du * factor, d_gamma, None
+
+        if return_quantized:
+            return (quantized, unfolded, scale), grad
+        return (unfolded, scale), grad
+
+    return folded(kernel, gamma, inv_sigma)
 
 
 @tf.custom_gradient

@@ -14,19 +14,31 @@ from tfq_ext._keras import tf
 __all__ = ["batch_min_max", "ema_assign", "percentile_min_max"]
 
 
-def batch_min_max(x: tf.Tensor):
-    """(min, max) of a batch, widened to contain 0 so the zero point stays an exact integer code."""
-    return tf.minimum(tf.reduce_min(x), 0.0), tf.maximum(tf.reduce_max(x), 0.0)
+def batch_min_max(x: tf.Tensor, nonnegative: bool = False):
+    """(min, max) of a batch, widened to contain 0 so the zero point stays an exact integer code.
+
+    ``nonnegative=True``: the caller knows ``x >= 0`` (a ReLU output), so the widened minimum is 0 without
+    reducing over ``x``; it is returned as the Python float 0.0, which :func:`ema_assign` folds away.
+    """
+    high = tf.maximum(tf.reduce_max(x), 0.0)
+    if nonnegative:
+        return 0.0, high
+    return tf.minimum(tf.reduce_min(x), 0.0), high
 
 
-def ema_assign(variable: tf.Variable, value: tf.Tensor, decay: float, initialized: tf.Tensor) -> tf.Tensor:
+def ema_assign(variable: tf.Variable, value, decay: float, initialized: tf.Tensor) -> tf.Tensor:
     """EMA update ``v <- decay * v + (1 - decay) * value``; the first update takes ``value`` itself.
 
     Starting from the first batch instead of an arbitrary prior (tfmot starts at [-6, 6]) means a decay of
-    0.999 does not need thousands of steps to forget the prior.
+    0.999 does not need thousands of steps to forget the prior. Returns the variable's new value as a read of
+    the variable, so no gradient flows back into ``value`` (ranges are statistics, not trained). A Python
+    ``value`` of 0 (a ReLU output's minimum) gives ``decay * v``, the same number, with fewer ops in the graph.
     """
-    value = tf.cast(value, variable.dtype)
-    new = tf.where(initialized, decay * variable + (1.0 - decay) * value, value)
+    if isinstance(value, (int, float)) and value == 0:
+        new = tf.where(initialized, decay * variable, tf.zeros([], variable.dtype))
+    else:
+        value = tf.cast(value, variable.dtype)
+        new = tf.where(initialized, decay * variable + (1.0 - decay) * value, value)
     return variable.assign(new)
 
 

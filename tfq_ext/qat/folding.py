@@ -7,6 +7,10 @@ batch-normalised activations; after it, moving statistics are used and training 
 
 Batch statistics come from the same (quantized, folded) convolution rescaled per channel, so a training step
 costs one convolution, not the two of TF's ``fold_batch_norms`` rewrite; with exact weights both are equal.
+The rescaling is applied to the (small) kernel, ``conv(x, Q(w*g/s_m) * s_m/g)``, and the batch correction is then
+exactly a batch normalization of that convolution, run by TF's fused batch-norm kernels: before the freeze
+step a training step costs what conv + BatchNormalization cost, with no conditional in the graph when
+``freeze_bn_delay`` is None.
 
 Forward (training, before freeze): y = s_m/s_b * conv(x, Q(w*g/s_m)) + beta - g*(mu_b - b)/s_b.
 Forward (after freeze / inference): y = conv(x, Q(w*g/s_m)) + beta - g*(mu_m - b)/s_m.
@@ -21,9 +25,38 @@ from typing import Optional
 
 from tfq_ext._compat import resolve_training, smart_cond
 from tfq_ext._keras import keras, tf
+from tfq_ext.ops.fake_quant import fake_quant_folded_kernel
 from tfq_ext.quantizers import ActivationQuantizer, WeightQuantizer, deserialize_quantizer
 
 __all__ = ["FoldedBatchNorm", "check_freeze_bn_delay"]
+
+# TF's fused batch-norm kernels need epsilon >= 1.001e-5 (the limit tf.nn.fused_batch_norm enforces).
+_FUSED_MIN_EPSILON = 1.001e-5
+
+
+def _batch_norm(z: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor, epsilon: float):
+    """Training-mode batch normalization over all axes but the last, through TF's fused kernel where it applies.
+
+    Returns:
+        (output, batch mean, biased batch variance). Only the output carries a gradient (through the batch
+        moments, as in BatchNormalization); the moments are for the moving averages.
+    """
+    channels = int(z.shape[-1])
+    if epsilon < _FUSED_MIN_EPSILON or z.dtype != tf.float32:
+        mean, var = tf.nn.moments(z, axes=list(range(z.shape.rank - 1)))
+        return (z - mean) * (scale * tf.math.rsqrt(var + epsilon)) + offset, mean, var
+    # The fused kernel takes NHWC tensors; reducing over every axis but the channels only needs the layout
+    # [anything, 1, 1, C], a free reshape.
+    flat = z if z.shape.rank == 4 else tf.reshape(z, [-1, 1, 1, channels])
+    out, mean, var, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+        x=flat, scale=scale, offset=offset, mean=tf.zeros([0]), variance=tf.zeros([0]), epsilon=epsilon,
+        exponential_avg_factor=1.0, data_format="NHWC", is_training=True)
+    if z.shape.rank != 4:
+        out = tf.reshape(out, tf.shape(z))
+    # The fused kernel returns the unbiased variance var * n/(n-1) (var itself for n = 1, where it is 0); the
+    # moving statistics use the biased one, as BatchNormalization's moments do: var * (1 - 1/n), n = size / C.
+    var = var - var * (float(channels) / tf.cast(tf.size(z, out_type=tf.int64), tf.float32))
+    return out, mean, var
 
 
 def check_freeze_bn_delay(freeze_bn_delay) -> Optional[int]:
@@ -74,6 +107,7 @@ class FoldedBatchNorm(keras.layers.Layer):
         self.scale = bool(scale)
         self.activation = keras.activations.get(activation)
         self.freeze_bn_delay = check_freeze_bn_delay(freeze_bn_delay)
+        self._nonnegative = keras.activations.serialize(self.activation) in ("relu", "relu6")
 
     def build(self, input_shape):
         self.layer.build(input_shape)
@@ -81,6 +115,7 @@ class FoldedBatchNorm(keras.layers.Layer):
         self._kernel_holder = [getattr(self.layer, self.kernel_attr)]
         channels = int(self.layer.compute_output_shape(input_shape)[-1])
         self._channel_shape = self._broadcast_shape(channels)
+        self._fused_layout = self._fused_kernel_layout(channels)
 
         def add(name, init, trainable=True, dtype=tf.float32, shape=(channels,)):
             return self.add_weight(name, shape=shape, dtype=dtype, trainable=trainable,
@@ -110,6 +145,18 @@ class FoldedBatchNorm(keras.layers.Layer):
         shape[axis] = channels
         return shape
 
+    def _fused_kernel_layout(self, channels: int):
+        """How :func:`fake_quant_folded_kernel` can take the kernel: ``"channels_last"`` (as it is), the shape
+        ``(-1, channels)`` (a depthwise kernel, its channels merged), or None where the weight quantizer is not a
+        :class:`WeightQuantizer` quantizing those channels."""
+        quantizer = self.weight_quantizer
+        if type(quantizer) is not WeightQuantizer:
+            return None
+        rank = len(self.kernel.shape)
+        if self.kernel_attr == "depthwise_kernel":
+            return (-1, channels) if quantizer.depthwise or not quantizer.per_channel else None
+        return "channels_last" if not quantizer.depthwise and quantizer.axis % rank == rank - 1 else None
+
     def folded_kernel(self) -> tf.Tensor:
         """The float kernel integer inference uses: ``w * gamma / sqrt(moving_variance + eps)``."""
         factor = self.gamma * tf.math.rsqrt(self.moving_variance + self.epsilon)
@@ -127,37 +174,80 @@ class FoldedBatchNorm(keras.layers.Layer):
         finally:
             setattr(self.layer, self.kernel_attr, self.kernel)
 
+    # Plain Python on Python conditions: AutoGraph would only re-parse the source of every method (about a
+    # second per fresh process) and route each call through its converter.
+    @tf.autograph.experimental.do_not_convert
     def call(self, inputs, training=None):
         training = resolve_training(training)
-        y = self._convolve(inputs, self.weight_quantizer(self.folded_kernel(), training=training))
-        frozen = (tf.constant(False) if self.freeze_bn_delay is None
-                  else self.steps >= self.freeze_bn_delay)
-        return smart_cond(
-            training,
-            lambda: self.output_quantizer(self.activation(self._train_output(y, frozen)), training=True,
-                                          weights=self._output_vars),
-            lambda: self.output_quantizer(self.activation(y + self.folded_bias()), training=False,
-                                          weights=self._output_vars))
+        return smart_cond(training, lambda: self._train_call(inputs), lambda: self._inference_call(inputs))
 
-    def _train_output(self, y, frozen):
-        self.steps.assign_add(1)
-        return tf.cond(frozen, lambda: y + self.folded_bias(), lambda: self._batch_corrected(y))
+    def _inference_call(self, inputs):
+        y = self._convolve(inputs, self.weight_quantizer(self.folded_kernel(), training=False))
+        return self._quantize_output(self.activation(y + self.folded_bias()), training=False)
 
-    def _batch_corrected(self, y):
-        reduce_axes = list(range(y.shape.rank - 1))
-        mean_y, var_y = tf.nn.moments(y, axes=reduce_axes)
-        sigma_m = tf.sqrt(self.moving_variance + self.epsilon)
-        factor = self.gamma / sigma_m
-        # y = factor * conv(x, w) per channel, so conv's batch moments are y's divided by factor (and its square).
-        safe = tf.where(tf.abs(factor) > 1e-12, factor, tf.fill(tf.shape(factor), 1e-12))
-        bias = self.conv_bias if self.conv_bias is not None else 0.0
-        batch_mean = mean_y / safe + bias
-        batch_var = var_y / tf.square(safe)
-        self.moving_mean.assign(self.momentum * self.moving_mean + (1.0 - self.momentum) * tf.stop_gradient(batch_mean))
-        self.moving_variance.assign(self.momentum * self.moving_variance
-                                    + (1.0 - self.momentum) * tf.stop_gradient(batch_var))
-        sigma_b = tf.sqrt(batch_var + self.epsilon)
-        return y * (sigma_m / sigma_b) + self.beta - self.gamma * (batch_mean - bias) / sigma_b
+    def _quantize_output(self, y, training):
+        if isinstance(self.output_quantizer, ActivationQuantizer):
+            # After ReLU/ReLU6 the batch minimum is 0 by construction: the quantizer need not reduce over y.
+            return self.output_quantizer(y, training=training, weights=self._output_vars,
+                                         nonnegative=self._nonnegative)
+        return self.output_quantizer(y, training=training, weights=self._output_vars)
+
+    def _train_call(self, inputs):
+        frozen = None
+        if self.freeze_bn_delay is not None:
+            frozen = self.steps >= self.freeze_bn_delay  # read before this step's increment
+        self.steps.assign_add(1)  # counted even when never frozen, so a later freeze_bn_delay sees the steps
+        variance = tf.convert_to_tensor(self.moving_variance)  # read once: the factor and the moving average
+        quantized, unfolded, scale = self._train_kernels(variance, with_quantized=frozen is not None)
+        if frozen is None:
+            # Never frozen: no conditional in the training graph.
+            y = self._batch_normalized(inputs, unfolded, scale, variance)
+        else:
+            y = tf.cond(frozen, lambda: self._convolve(inputs, quantized) + self.folded_bias(),
+                        lambda: self._batch_normalized(inputs, unfolded, scale, variance))
+        return self._quantize_output(self.activation(y), training=True)
+
+    def _train_kernels(self, variance, with_quantized: bool):
+        """``(Q(w f), Q(w f) / f, BN scale)`` of a training step, ``f = gamma / sigma_m`` (see _batch_normalized).
+
+        Where the weight quantizer is a :class:`WeightQuantizer` with the output channels last, one function with
+        its gradient written out computes them (:func:`~tfq_ext.ops.fake_quant.fake_quant_folded_kernel`); the
+        same arithmetic through any other quantizer is differentiated op by op.
+        """
+        inv_sigma = tf.math.rsqrt(variance + self.epsilon)
+        gamma = tf.convert_to_tensor(self.gamma)
+        if self._fused_layout is not None:
+            merge = self._fused_layout != "channels_last"  # a depthwise kernel: merge (in, multiplier)
+            kernel = tf.reshape(self.kernel, self._fused_layout) if merge else self.kernel
+            outputs = fake_quant_folded_kernel(kernel, gamma, inv_sigma, self.weight_quantizer.num_bits,
+                                               self.weight_quantizer.per_channel, return_quantized=with_quantized)
+            shape = self.kernel.shape.as_list()
+            kernels = [tf.reshape(k, shape) if merge else k for k in outputs[:-1]]
+            return (kernels[0] if with_quantized else None), kernels[-1], outputs[-1]
+        factor = gamma * inv_sigma
+        quantized = self.weight_quantizer(self.kernel * tf.reshape(factor, self._channel_shape), training=True)
+        # |f| <= 1e-12 is divided by 1e-12 instead, as the moments were before. There the scale is 1e-12 * sigma_m
+        # (not gamma = 0), which keeps a gradient through the kernel for a zero gamma, as before.
+        regular = tf.abs(factor) > 1e-12
+        unfolded = quantized / tf.reshape(tf.where(regular, factor, 1e-12), self._channel_shape)
+        return quantized, unfolded, tf.where(regular, gamma, 1e-12 / inv_sigma)
+
+    def _batch_normalized(self, inputs, unfolded, scale, variance):
+        """The batch-corrected training output, as one batch normalization of the rescaled convolution.
+
+        With ``f = gamma / sigma_m``, ``y = conv(x, Q(w f))`` and ``z = y / f``, the corrected output
+        ``y * sigma_m / sigma_b + beta - gamma * (mu_b - b) / sigma_b`` (``mu_b - b``, ``sigma_b``: the batch
+        mean and deviation of ``z``) equals ``f sigma_m (z - mean(z)) / sqrt(var(z) + eps) + beta``: a batch
+        normalization of ``z`` with scale ``f sigma_m`` (= gamma), and ``z = conv(x, Q(w f) / f)`` because the
+        convolution is linear in its kernel. Dividing the kernel instead of the activations and using TF's fused
+        batch-norm kernels (forward and gradient) makes a training step cost a convolution plus a batch norm.
+        """
+        z = self._convolve(inputs, unfolded)
+        out, mean_z, var_z = _batch_norm(z, scale, self.beta, self.epsilon)
+        batch_mean = mean_z + self.conv_bias if self.conv_bias is not None else mean_z
+        self.moving_mean.assign(self.momentum * self.moving_mean + (1.0 - self.momentum) * batch_mean)
+        self.moving_variance.assign(self.momentum * variance + (1.0 - self.momentum) * var_z)
+        return out
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)

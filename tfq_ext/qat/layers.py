@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from tfq_ext._compat import resolve_training, smart_cond
-from tfq_ext._keras import keras
+from tfq_ext._keras import keras, tf
 from tfq_ext.quantizers import ActivationQuantizer, deserialize_quantizer
 
 __all__ = ["QuantizeInput"]
@@ -30,6 +30,8 @@ class QuantizeInput(keras.layers.Layer):
         self._quantizer_vars = self.quantizer.build(input_shape, "input", self)
         super().build(input_shape)
 
+    # No tensor-dependent Python control flow: AutoGraph conversion would only cost tracing time.
+    @tf.autograph.experimental.do_not_convert
     def call(self, inputs, training=None):
         return smart_cond(
             resolve_training(training),

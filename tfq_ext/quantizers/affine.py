@@ -22,6 +22,9 @@ __all__ = ["WeightQuantizer", "ActivationQuantizer", "FixedRangeQuantizer", "Ide
            "deserialize_quantizer"]
 
 _TfmotQuantizer = tfmot.quantization.keras.quantizers.Quantizer
+# tfmot's wrappers call quantizers from AutoGraph-converted code; these have no tensor-dependent Python control
+# flow, so converting them would only re-parse their source in every fresh process and slow down tracing.
+_not_converted = tf.autograph.experimental.do_not_convert
 
 
 class _Quantizer(_TfmotQuantizer):
@@ -66,6 +69,7 @@ class WeightQuantizer(_Quantizer):
     def build(self, tensor_shape, name, layer):
         return {}
 
+    @_not_converted
     def __call__(self, inputs, training=False, weights=None, **kwargs):
         return self.quantize(inputs)
 
@@ -120,13 +124,16 @@ class ActivationQuantizer(_Quantizer):
 
         return {"min_var": var("min", -6.0), "max_var": var("max", 6.0), "steps": var("steps", 0, tf.int64)}
 
-    def __call__(self, inputs, training=False, weights=None, **kwargs):
+    @_not_converted
+    def __call__(self, inputs, training=False, weights=None, nonnegative: bool = False, **kwargs):
+        """Fake-quantizes ``inputs``; ``nonnegative=True`` is the caller's guarantee that ``inputs >= 0`` (a ReLU
+        output), so the batch minimum is 0 without a reduction over the batch (the same value either way)."""
         if weights is None:
             raise ValueError("ActivationQuantizer needs the variables returned by `build()` as `weights`.")
         if not training:
             return fake_quant(inputs, weights["min_var"], weights["max_var"], self.num_bits)
         initialized = weights["steps"] > 0
-        batch_min, batch_max = batch_min_max(inputs)
+        batch_min, batch_max = batch_min_max(inputs, nonnegative=nonnegative)
         new_min = ema_assign(weights["min_var"], batch_min, self.ema_decay, initialized)
         new_max = ema_assign(weights["max_var"], batch_max, self.ema_decay, initialized)
         steps = weights["steps"].assign_add(1)
@@ -159,6 +166,7 @@ class FixedRangeQuantizer(_Quantizer):
     def build(self, tensor_shape, name, layer):
         return {}
 
+    @_not_converted
     def __call__(self, inputs, training=False, weights=None, **kwargs):
         step = (self.high - self.low) / (2 ** self.num_bits)
         return fake_quant(inputs, self.low, self.high - step, self.num_bits)
@@ -176,6 +184,7 @@ class IdentityQuantizer(_Quantizer):
     def build(self, tensor_shape, name, layer):
         return {}
 
+    @_not_converted
     def __call__(self, inputs, training=False, weights=None, **kwargs):
         return inputs
 
