@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 SEED = 0
 TOOLS = ("tfq_ext", "tfmot", "float")
 # model -> (training images, batch size), full and quick
-SIZES = {"fmnist_cnn": ((20_000, 128), (2_000, 128)), "mobilenet_v2_96": ((3_000, 32), (128, 32))}
+SIZES = {"fmnist_cnn": ((20_000, 128), (2_000, 128)), "mobilenet_v2_96": ((2_000, 32), (128, 32))}
 # quick: MobileNetV2's tracing alone takes most of a minute per process, so its float reference is left out
 QUICK_TOOLS = {"fmnist_cnn": TOOLS, "mobilenet_v2_96": ("tfq_ext", "tfmot")}
 MARKER = "QAT_COST_RESULT "
@@ -266,7 +266,7 @@ def main(out_dir, quick: bool = False, command: str = "") -> dict:
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pairs = 1 if quick else 5
+    pairs = 1 if quick else 3
     report: dict = {
         "benchmark": "qat_cost", "quick": quick, "pairs": pairs,
         "command": command or " ".join([sys.executable, "-m", "benchmarks.qat_cost", *sys.argv[1:]]),
