@@ -3,7 +3,9 @@
 Two parts (``python -m benchmarks.run --only applications``):
 
 - coverage: every constructor of the issue's list at 96x96 (weights=None, 10 classes), built by tf_keras and,
-  where Keras 3 has it, by Keras 3; per tool: accepted, integer-only, XNNPACK partitions, nodes outside XNNPACK,
+  where Keras 3 has it, by Keras 3; tools: tfq_ext QAT, tfmot QAT, post-training int8 through
+  ``tflite_export.convert`` (``ptq``) and through the converter without tfq_ext's XNNPACK rewrites
+  (``ptq_plain``); per tool: accepted, integer-only, XNNPACK partitions, nodes outside XNNPACK,
   QAT step time (``train_on_batch``, batch 8, median of 5 after the traced first step), the process's peak RSS
   after QAT, conversion seconds and, for tfq_ext, the share of layers whose TFLite tensor is within one step of
   the Keras layer fed TFLite's inputs (``tflite_export.parity``). Each (constructor, build, tool) runs in a fresh
@@ -118,10 +120,10 @@ def worker(name: str, build: str, tool: str, size: int) -> dict:
     model = _build(name, build, size)
     if model is None:
         return dict(row, accepted=None, error=f"{build} has no {CONSTRUCTORS[name][0]}")
-    if tool == "ptq":
+    if tool in ("ptq", "ptq_plain"):
         start = time.perf_counter()
-        try:
-            flatbuffer = tflite_export.convert(model, x, verify=False)
+        try:  # ptq_plain: the converter alone, without tfq_ext's XNNPACK rewrites of the float graph
+            flatbuffer = tflite_export.convert(model, x, verify=False, xnnpack_rewrites=tool == "ptq")
         except Exception as exc:  # noqa: BLE001 - recorded in the table
             return dict(row, accepted=False, error=_first_line(exc))
         return dict(row, accepted=True, convert_s=time.perf_counter() - start, **_file_report(flatbuffer))
@@ -171,17 +173,20 @@ def _run_worker(name: str, build: str, tool: str, size: int) -> dict:
     return row
 
 
-def coverage(names: list[str], size: int, save=None) -> list[dict]:
+TOOLS = ("tfq_ext", "tfmot", "ptq", "ptq_plain")
+
+
+def coverage(names: list[str], size: int, save=None, tools=TOOLS, keep=()) -> list[dict]:
     """One fresh worker per (constructor, build, tool); ``save(rows)`` after each, so a long run keeps its rows.
 
     Keras 3 builds run tfq_ext QAT only: tfmot takes tf_keras models only, and the Keras 3 path converts to
     tf_keras by config and weights before anything else, so PTQ of a Keras 3 build is the tf_keras PTQ row
     (tests/test_keras3.py checks each entry point on Keras 3 models).
     """
-    rows = []
+    rows = [r for r in keep if r["tool"] not in tools or r["name"] not in names]  # rows of an earlier run
     for name in names:
         for build in ("tf_keras", "keras3"):
-            for tool in ("tfq_ext", "tfmot", "ptq"):
+            for tool in tools:
                 if build == "keras3" and tool != "tfq_ext":
                     continue
                 row = _run_worker(name, build, tool, size)
@@ -203,7 +208,8 @@ def _machine() -> dict:
             "versions": versions}
 
 
-def main(out_dir, quick: bool = False, command: str = "", parts=("coverage", "accuracy"), archs=None) -> dict:
+def main(out_dir, quick: bool = False, command: str = "", parts=("coverage", "accuracy"), archs=None,
+         tools=TOOLS) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / "applications.json"
@@ -217,7 +223,8 @@ def main(out_dir, quick: bool = False, command: str = "", parts=("coverage", "ac
             results["coverage"] = {"size": size, "rows": rows}
             _write(results, out_dir)
 
-        save_rows(coverage(names, size, save_rows))
+        keep = (results.get("coverage") or {}).get("rows", []) if tools != TOOLS else []
+        save_rows(coverage(names, size, save_rows, tools, keep))
     if "accuracy" in parts:
         from benchmarks.applications_accuracy import accuracy
 
@@ -249,7 +256,9 @@ if __name__ == "__main__":
         parser.add_argument("--quick", action="store_true")
         parser.add_argument("--parts", nargs="+", default=["coverage", "accuracy"])
         parser.add_argument("--arch", nargs="+", help="accuracy part: only these architectures (others kept)")
+        parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS),
+                            help="coverage part: only these tools (the other tools' rows are kept)")
         parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
         args = parser.parse_args()
         main(args.out, args.quick, " ".join([sys.executable, "-m", "benchmarks.applications", *sys.argv[1:]]),
-             tuple(args.parts), args.arch)
+             tuple(args.parts), args.arch, tuple(args.tools))

@@ -34,9 +34,9 @@ def coverage_table(coverage: dict) -> list[str]:
     names = list(dict.fromkeys(r["name"] for r in rows))
     lines = [f"Input {coverage['size']}x{coverage['size']}, weights=None, 10 classes (softmax head); "
              f"\"outside\" = nodes XNNPACK leaves to TFLite's builtin kernels.", "",
-             "| constructor | tfq_ext QAT (tf_keras) | tfq_ext QAT (Keras 3) | tfmot QAT | PTQ int8 (tf_keras) | "
-             "QAT step / peak RSS: tfq_ext | tfmot | tfq_ext layers within 1 step |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| constructor | tfq_ext QAT (tf_keras) | tfq_ext QAT (Keras 3) | tfmot QAT | PTQ int8, tfq_ext `convert` | "
+             "PTQ int8, converter alone | QAT step / peak RSS: tfq_ext | tfmot | tfq_ext layers within 1 step |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name in names:
         ours = index.get((name, "tf_keras", "tfq_ext"))
         parity = "-"
@@ -44,7 +44,8 @@ def coverage_table(coverage: dict) -> list[str]:
             parity = f"{100 * ours['parity_within_1']:.0f}% of {ours['parity_layers']}"
         lines.append(f"| {name} | {_cell(ours)} | {_cell(index.get((name, 'keras3', 'tfq_ext')))} | "
                      f"{_cell(index.get((name, 'tf_keras', 'tfmot')))} | "
-                     f"{_cell(index.get((name, 'tf_keras', 'ptq')))} | {_qat_cost(ours)} | "
+                     f"{_cell(index.get((name, 'tf_keras', 'ptq')))} | "
+                     f"{_cell(index.get((name, 'tf_keras', 'ptq_plain')))} | {_qat_cost(ours)} | "
                      f"{_qat_cost(index.get((name, 'tf_keras', 'tfmot')))} | {parity} |")
     one = [n for n in names if (index.get((n, "tf_keras", "tfq_ext")) or {}).get("partitions") == 1
            and index[(n, "tf_keras", "tfq_ext")].get("integer_only")]

@@ -207,12 +207,13 @@ def markdown(report: dict) -> str:
              f"total {report['seconds']:.0f} s.  ",
              "Each run is a fresh process: build (seed 0), quantize, compile (Adam 1e-4), `fit` 2 epochs. "
              "Epoch 1 includes tracing and the first step; epoch 2 is the steady state. "
-             f"{report['pairs']} interleaved pair(s) per model; values are medians (min-max), ratios are "
+             "Interleaved pairs per model as given; values are medians (min-max), ratios are "
              "medians of the per-pair ratios.", ""]
     for model, entry in report["models"].items():
         s = entry["summary"]
         lines += [f"## {model}: {entry['train_images']} images, batch {entry['batch_size']} "
-                  f"({entry['steps']} steps/epoch)", "",
+                  f"({entry['steps']} steps/epoch), {entry.get('pairs', report['pairs'])} pairs"
+                  f"{', run ' + entry['date'] if 'date' in entry else ''}", "",
                   "| tool | epoch 1 s (incl. tracing) | first step s | epoch 2 s (steady) | steady ms/step | "
                   "peak RSS MiB | quantize_model s |", "|---|---|---|---|---|---|---|"]
         for tool, m in s["tools"].items():
@@ -258,7 +259,8 @@ def write_plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main(out_dir, quick: bool = False, command: str = "") -> dict:
+def main(out_dir, quick: bool = False, command: str = "", models=None, pairs: int | None = None) -> dict:
+    """Runs ``models`` (default: all); an earlier report's entries for the other models are kept."""
     import tensorflow_model_optimization as tfmot
 
     from tfq_ext._keras import keras, tf
@@ -266,7 +268,13 @@ def main(out_dir, quick: bool = False, command: str = "") -> dict:
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pairs = 1 if quick else 3
+    pairs = pairs or (1 if quick else 3)
+    models = list(models or SIZES)
+    unknown = [m for m in models if m not in SIZES]
+    if unknown:
+        raise ValueError(f"`models` has unknown models {unknown}; expected names from {sorted(SIZES)}")
+    previous_path = out_dir / "qat_cost.json"
+    previous = json.loads(previous_path.read_text()) if previous_path.exists() and len(models) < len(SIZES) else {}
     report: dict = {
         "benchmark": "qat_cost", "quick": quick, "pairs": pairs,
         "command": command or " ".join([sys.executable, "-m", "benchmarks.qat_cost", *sys.argv[1:]]),
@@ -278,12 +286,13 @@ def main(out_dir, quick: bool = False, command: str = "") -> dict:
         "config": {"seed": SEED, "optimizer": "Adam(1e-4)", "epochs_per_run": 2,
                    "quantize_model_args": "defaults (tfq_ext: freeze_bn_delay=None; tfmot: default scheme)",
                    "order": "per pair: tfq_ext and tfmot alternate which runs first, then float"},
-        "models": {},
+        "models": {m: entry for m, entry in previous.get("models", {}).items() if m not in models},
     }
     failures: list[dict] = []
     report["failures"] = failures
     with tempfile.TemporaryDirectory(prefix="qat_cost_") as tmp:
-        for model_name, sizes in SIZES.items():
+        for model_name in models:
+            sizes = SIZES[model_name]
             n, batch = sizes[1] if quick else sizes[0]
             data_path = prepare_data(model_name, n, Path(tmp))
             runs: list[dict] = []
@@ -305,7 +314,9 @@ def main(out_dir, quick: bool = False, command: str = "") -> dict:
             if not runs:
                 continue
             report["models"][model_name] = {"train_images": n, "batch_size": batch, "steps": runs[0]["steps"],
-                                            "runs": runs, "summary": summarize(runs)}
+                                            "pairs": pairs, "date": report["machine"]["date"],
+                                            "command": report["command"], "runs": runs,
+                                            "summary": summarize(runs)}
             r = report["models"][model_name]["summary"]["ratios"].get("tfq_ext/tfmot")
             if r is None:
                 continue
@@ -328,6 +339,8 @@ def _cli(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny data, one pair (a couple of minutes)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    parser.add_argument("--models", nargs="+", choices=sorted(SIZES), help="only these (other results kept)")
+    parser.add_argument("--pairs", type=int, help="interleaved pairs per model (default 3, quick 1)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", choices=sorted(SIZES))
     parser.add_argument("--tool", choices=TOOLS)
@@ -338,7 +351,8 @@ def _cli(argv=None) -> int:
         print(MARKER + json.dumps(worker(args.model, args.tool, args.data, args.batch)), flush=True)
         return 0
     main(args.out, quick=args.quick,
-         command=" ".join([sys.executable, "-m", "benchmarks.qat_cost", *(argv or sys.argv[1:])]))
+         command=" ".join([sys.executable, "-m", "benchmarks.qat_cost", *(argv or sys.argv[1:])]),
+         models=args.models, pairs=args.pairs)
     return 0
 
 

@@ -19,9 +19,7 @@ from tfq_ext.qat.build import deserialize_layer, load_weights, named_weights, re
 from tfq_ext.qat.configs import KERNEL_LAYOUTS, OUTPUT_LAYERS, PASSTHROUGH_LAYERS
 from tfq_ext.qat.graph import Graph, flatten_model
 from tfq_ext.qat.lowering import (clip_as_relu6, drop_identities, expand_activations, fold_layer_scale,
-                                  fold_scalar_ops, nearest_upsampling, per_channel_affine_as_depthwise,
-                                  prelu_as_depthwise, same_average_pool, split_scalar_ops, split_wide_concat,
-                                  standalone_relu_as_depthwise)
+                                  fold_scalar_ops, lower_for_delegate, per_channel_affine_as_depthwise)
 from tfq_ext.qat.rewrite import bn_arrays, fuse_relu, split_activation, split_separable
 
 __all__ = ["lower_for_xnnpack"]
@@ -90,12 +88,7 @@ def lower_for_xnnpack(model) -> Optional[keras.Model]:
     fold_layer_scale(graph)
     per_channel_affine_as_depthwise(graph)
     fuse_relu(graph)
-    standalone_relu_as_depthwise(graph)
-    same_average_pool(graph)
-    split_wide_concat(graph)
-    nearest_upsampling(graph)
-    prelu_as_depthwise(graph)
-    split_scalar_ops(graph)
+    lower_for_delegate(graph)
     layers = {}
     for node in graph.nodes.values():
         if node.class_name == "InputLayer":

@@ -36,7 +36,7 @@ from typing import List, Optional
 import numpy as np
 
 from tfq_ext.qat.graph import Graph, Node, iter_refs
-from tfq_ext.qat.rewrite import bn_arrays, relu_kind
+from tfq_ext.qat.rewrite import _fresh_name, _insert_node, bn_arrays, relu_kind
 
 __all__ = ["fold_scalar_ops", "expand_activations", "per_channel_affine_as_depthwise",
            "standalone_relu_as_depthwise", "same_average_pool", "split_wide_concat", "nearest_upsampling",
@@ -83,18 +83,10 @@ def _same_shape(graph: Graph, new: str, like: str) -> None:
 
 
 def _insert_before(graph: Graph, anchor: str, new: Node) -> None:
-    items = list(graph.nodes.items())
-    index = [k for k, _ in items].index(anchor)
-    items.insert(index, (new.name, new))
-    graph.nodes.clear()
-    graph.nodes.update(items)
+    _insert_node(graph, anchor, new, after=False)
 
 
-def _fresh(graph: Graph, base: str) -> str:
-    name, k = base, 1
-    while name in graph.nodes:
-        name, k = f"{base}_{k}", k + 1
-    return name
+_fresh = _fresh_name
 
 
 def exact_range(low: float, high: float, num_bits: int = 8) -> tuple:
@@ -504,3 +496,15 @@ def clip_as_relu6(graph: Graph) -> None:
         _same_shape(graph, inner.name, name)
         node.config = {"name": name, "scale": span / 6.0, "offset": low, "clip": None}
         node.calls = [[[inner.name, 0, 0, {}]]]
+
+
+def lower_for_delegate(graph: Graph) -> None:
+    """The rewrites of ops XNNPACK has no int8 kernel for, in the order they depend on each other (after
+    BN folding and ReLU fusion): shared-Add ReLUs, `same` average pools, wide concatenations, nearest
+    upsampling, PReLU, and scalar ops split to what is left."""
+    standalone_relu_as_depthwise(graph)
+    same_average_pool(graph)
+    split_wide_concat(graph)
+    nearest_upsampling(graph)
+    prelu_as_depthwise(graph)
+    split_scalar_ops(graph)

@@ -21,9 +21,8 @@ from tfq_ext.qat.build import deserialize_layer, load_weights, rebuild
 from tfq_ext.qat.graph import Graph, Node, check_graph_model, flatten_model
 from tfq_ext.qat.layers import QuantizeInput
 from tfq_ext.qat.lowering import (drop_identities, exact_range, expand_activations, fold_layer_scale,
-                                  fold_scalar_ops, layer_normalization, nearest_upsampling,
-                                  per_channel_affine_as_depthwise, prelu_as_depthwise, same_average_pool,
-                                  split_scalar_ops, split_wide_concat, standalone_relu_as_depthwise)
+                                  fold_scalar_ops, layer_normalization, lower_for_delegate,
+                                  per_channel_affine_as_depthwise)
 from tfq_ext.qat.rewrite import fold_batch_norms, fuse_relu, relu_kind, split_activation, split_separable
 from tfq_ext.quantizers import ActivationQuantizer, FixedRangeQuantizer, IdentityQuantizer, WeightQuantizer
 
@@ -133,12 +132,7 @@ def quantize_model(model, *, per_channel: bool = True, weight_bits: int = 8, act
     layer_normalization(graph)
     fuse_relu(graph)
     # What XNNPACK would leave outside its partition, rewritten into ops it delegates (tfq_ext.qat.lowering).
-    standalone_relu_as_depthwise(graph)
-    same_average_pool(graph)
-    split_wide_concat(graph)
-    nearest_upsampling(graph)
-    prelu_as_depthwise(graph)
-    split_scalar_ops(graph)
+    lower_for_delegate(graph)
 
     layers: Dict[str, keras.layers.Layer] = {}
     for node in graph.nodes.values():

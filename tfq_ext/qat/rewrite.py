@@ -64,9 +64,14 @@ def _insert_after(graph: Graph, name: str, new: Node) -> None:
     """Adds ``new`` right after ``name`` in the order, consuming it, and moves ``name``'s consumers to it."""
     graph.replace_refs(name, new.name)
     new.calls = [[[name, 0, 0, {}]]]
+    _insert_node(graph, name, new, after=True)
+
+
+def _insert_node(graph: Graph, anchor: str, new: Node, after: bool) -> None:
+    """Puts ``new`` into the node order right before or after ``anchor`` (the order the model is rebuilt in)."""
     items = list(graph.nodes.items())
-    index = [k for k, _ in items].index(name)
-    items.insert(index + 1, (new.name, new))
+    index = [k for k, _ in items].index(anchor) + (1 if after else 0)
+    items.insert(index, (new.name, new))
     graph.nodes.clear()
     graph.nodes.update(items)
 
