@@ -138,6 +138,45 @@ def worker(model_name: str, tool: str, data_path: str, batch: int, epochs: int =
             "tf_version": tf.__version__}
 
 
+def interleaved_steps(model_name: str, data_path: str, batch: int, rounds: int = 15, steps: int = 3) -> dict:
+    """Steady-state train steps of tfq_ext and tfmot QAT models held in one process, interleaved.
+
+    Both models are quantized from the same float model, compiled alike and traced first; then each round runs
+    ``steps`` ``train_on_batch`` calls on one model, then on the other (the order alternates per round), timing
+    wall and process CPU seconds. Whatever load the machine has hits both alike, so the per-round ratios are a
+    steadier reading of the per-step cost than separate processes on a shared machine.
+    """
+    from tfq_ext._keras import keras
+    import tensorflow_model_optimization as tfmot
+    from tfq_ext.qat import quantize_model
+
+    with np.load(data_path) as data:
+        x, y = data["x"][:batch], data["y"][:batch]
+    keras.utils.set_random_seed(SEED)
+    base = build_model(model_name)
+    models = {"tfq_ext": quantize_model(base), "tfmot": tfmot.quantization.keras.quantize_model(base)}
+    from_logits = model_name == "fmnist_cnn"
+    for model in models.values():
+        model.compile(optimizer=keras.optimizers.Adam(1e-4),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits))
+        model.train_on_batch(x, y)
+        model.train_on_batch(x, y)
+    times = {t: {"wall_ms": [], "cpu_ms": []} for t in models}
+    for k in range(rounds):
+        for tool in (("tfq_ext", "tfmot") if k % 2 == 0 else ("tfmot", "tfq_ext")):
+            wall, cpu = time.perf_counter(), time.process_time()
+            for _ in range(steps):
+                models[tool].train_on_batch(x, y)
+            times[tool]["wall_ms"].append(1e3 * (time.perf_counter() - wall) / steps)
+            times[tool]["cpu_ms"].append(1e3 * (time.process_time() - cpu) / steps)
+    out = {"rounds": rounds, "steps_per_round": steps, "batch_size": batch}
+    for metric in ("wall_ms", "cpu_ms"):
+        ratios = [a / b for a, b in zip(times["tfq_ext"][metric], times["tfmot"][metric])]
+        out[metric] = {t: float(np.median(v[metric])) for t, v in times.items()}
+        out[metric]["ratio_median"] = float(np.median(ratios))
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- driver
 def prepare_data(model_name: str, n: int, directory: Path) -> Path:
     """The training images of ``model_name`` as one .npz (MobileNetV2: resized to 96x96 and tiled to RGB once)."""
@@ -215,19 +254,30 @@ def markdown(report: dict) -> str:
                   f"({entry['steps']} steps/epoch), {entry.get('pairs', report['pairs'])} pairs"
                   f"{', run ' + entry['date'] if 'date' in entry else ''}", "",
                   "| tool | epoch 1 s (incl. tracing) | first step s | epoch 2 s (steady) | steady ms/step | "
-                  "peak RSS MiB | quantize_model s |", "|---|---|---|---|---|---|---|"]
+                  "epoch 1 / 2 CPU s | peak RSS MiB | quantize_model s |", "|---|---|---|---|---|---|---|---|"]
         for tool, m in s["tools"].items():
             cell = lambda k, f=".1f": (f"{m[k]['median']:{f}} ({m[k]['min']:{f}}-{m[k]['max']:{f}})")  # noqa: E731
             lines.append(f"| {tool} | {cell('epoch1_s')} | {cell('first_step_s')} | {cell('epoch2_s')} | "
-                         f"{cell('steady_step_ms', '.0f')} | {cell('peak_rss_mb', '.0f')} | "
+                         f"{cell('steady_step_ms', '.0f')} | {m['epoch1_cpu_s']['median']:.1f} / "
+                         f"{m['epoch2_cpu_s']['median']:.1f} | {cell('peak_rss_mb', '.0f')} | "
                          f"{cell('quantize_s', '.2f')} |")
-        lines += ["", "| ratio (median of per-pair) | epoch 1 | epoch 2 | first step | epoch 1 CPU | peak RSS | "
-                      "per-pair epoch 1 |", "|---|---|---|---|---|---|---|"]
+        lines += ["", "| ratio (median of per-pair) | epoch 1 | epoch 2 | first step | epoch 1 CPU | epoch 2 CPU | "
+                      "peak RSS | per-pair epoch 1 | per-pair epoch 2 CPU |", "|---|---|---|---|---|---|---|---|---|"]
         for name, r in s["ratios"].items():
             per_pair = ", ".join(f"{v:.3f}" for v in r["epoch1_s"]["per_pair"])
+            per_pair_cpu = ", ".join(f"{v:.3f}" for v in r["epoch2_cpu_s"]["per_pair"])
             lines.append(f"| {name} | {r['epoch1_s']['median']:.3f} | {r['epoch2_s']['median']:.3f} | "
                          f"{r['first_step_s']['median']:.3f} | {r['epoch1_cpu_s']['median']:.3f} | "
-                         f"{r['peak_rss_mb']['median']:.3f} | {per_pair} |")
+                         f"{r['epoch2_cpu_s']['median']:.3f} | {r['peak_rss_mb']['median']:.3f} | {per_pair} | "
+                         f"{per_pair_cpu} |")
+        inter = entry.get("interleaved_steady")
+        if inter:
+            lines += ["", f"Steady-state steps in one process, interleaved ({inter['rounds']} rounds of "
+                          f"{inter['steps_per_round']} `train_on_batch`, batch {inter['batch_size']}): tfq_ext "
+                          f"{inter['wall_ms']['tfq_ext']:.0f} ms ({inter['cpu_ms']['tfq_ext']:.0f} ms CPU), tfmot "
+                          f"{inter['wall_ms']['tfmot']:.0f} ms ({inter['cpu_ms']['tfmot']:.0f} ms CPU); median "
+                          f"per-round ratio tfq_ext/tfmot {inter['wall_ms']['ratio_median']:.3f} wall, "
+                          f"{inter['cpu_ms']['ratio_median']:.3f} CPU."]
         lines.append("")
     for failure in report.get("failures", []):
         lines.append(f"FAILED: {failure['model']} pair {failure['pair']} {failure['tool']}: {failure['error']}  ")
@@ -313,7 +363,14 @@ def main(out_dir, quick: bool = False, command: str = "", models=None, pairs: in
                         f"peak RSS {result['peak_rss_mb']:.0f} MiB")
             if not runs:
                 continue
-            report["models"][model_name] = {"train_images": n, "batch_size": batch, "steps": runs[0]["steps"],
+            try:
+                interleaved = run_worker(model_name, "interleaved", data_path, batch, timeout_s=3600)
+                log(f"{model_name} interleaved steady steps: tfq_ext/tfmot wall "
+                    f"{interleaved['wall_ms']['ratio_median']:.3f}, CPU {interleaved['cpu_ms']['ratio_median']:.3f}")
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                interleaved = None
+                failures.append({"model": model_name, "tool": "interleaved", "pair": -1, "error": str(exc)[-500:]})
+            report["models"][model_name] = {"interleaved_steady": interleaved,"train_images": n, "batch_size": batch, "steps": runs[0]["steps"],
                                             "pairs": pairs, "date": report["machine"]["date"],
                                             "command": report["command"], "runs": runs,
                                             "summary": summarize(runs)}
@@ -343,10 +400,13 @@ def _cli(argv=None) -> int:
     parser.add_argument("--pairs", type=int, help="interleaved pairs per model (default 3, quick 1)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", choices=sorted(SIZES))
-    parser.add_argument("--tool", choices=TOOLS)
+    parser.add_argument("--tool", choices=TOOLS + ("interleaved",))
     parser.add_argument("--data")
     parser.add_argument("--batch", type=int)
     args = parser.parse_args(argv)
+    if args.worker and args.tool == "interleaved":
+        print(MARKER + json.dumps(interleaved_steps(args.model, args.data, args.batch)), flush=True)
+        return 0
     if args.worker:
         print(MARKER + json.dumps(worker(args.model, args.tool, args.data, args.batch)), flush=True)
         return 0
