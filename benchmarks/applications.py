@@ -209,21 +209,25 @@ def _machine() -> dict:
 
 
 def main(out_dir, quick: bool = False, command: str = "", parts=("coverage", "accuracy"), archs=None,
-         tools=TOOLS) -> dict:
+         tools=TOOLS, names=None) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / "applications.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     results.update(machine=_machine(), command=command, date=datetime.date.today().isoformat())
     if "coverage" in parts:
-        names = QUICK if quick else list(CONSTRUCTORS)
+        names = list(names or (QUICK if quick else CONSTRUCTORS))
+        unknown = [n for n in names if n not in CONSTRUCTORS]
+        if unknown:
+            raise ValueError(f"`names` has unknown constructors {unknown}; expected names from {list(CONSTRUCTORS)}")
         size = SIZE if not quick else 64
 
         def save_rows(rows):
             results["coverage"] = {"size": size, "rows": rows}
             _write(results, out_dir)
 
-        keep = (results.get("coverage") or {}).get("rows", []) if tools != TOOLS else []
+        partial = tuple(tools) != TOOLS or len(names) < len(CONSTRUCTORS)
+        keep = (results.get("coverage") or {}).get("rows", []) if partial else []
         save_rows(coverage(names, size, save_rows, tools, keep))
     if "accuracy" in parts:
         from benchmarks.applications_accuracy import accuracy
@@ -258,7 +262,8 @@ if __name__ == "__main__":
         parser.add_argument("--arch", nargs="+", help="accuracy part: only these architectures (others kept)")
         parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS),
                             help="coverage part: only these tools (the other tools' rows are kept)")
+        parser.add_argument("--names", nargs="+", help="coverage part: only these constructors (other rows kept)")
         parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
         args = parser.parse_args()
         main(args.out, args.quick, " ".join([sys.executable, "-m", "benchmarks.applications", *sys.argv[1:]]),
-             tuple(args.parts), args.arch, tuple(args.tools))
+             tuple(args.parts), args.arch, tuple(args.tools), args.names)

@@ -62,7 +62,7 @@ def coverage_table(coverage: dict) -> list[str]:
 def accuracy_table(accuracy: dict) -> list[str]:
     lines = [f"{accuracy['data']}; every accuracy but the first is the TFLite file's on the 10k test images.", "",
              "| model | float Keras | float, same extra epochs as QAT | fp32 file | PTQ int8 file | QAT int8 file | "
-             "QAT - float (points) | int8 files | fp32 / QAT int8 / PTQ int8 ms (XNNPACK, 1 thread) | "
+             "QAT file - same-budget float (points) | int8 files | fp32 / QAT int8 / PTQ int8 ms (XNNPACK, 1 thread) | "
              "float / QAT epoch s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in accuracy["architectures"].items():
