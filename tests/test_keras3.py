@@ -439,3 +439,26 @@ def test_keras3_application_through_qat_is_one_int8_partition():
     assert report.integer_only and report.delegate_partitions == 1 and report.not_delegated == []
     rows = [r for r in layer_parity(qat, flatbuffer, x, max_samples=2) if r.local_within_1 is not None]
     assert len(rows) >= 50 and all(r.local_within_1 >= 0.999 and r.local_max <= 2 for r in rows)
+
+
+def test_keras3_standalone_batch_norm_pre_activation_block():
+    """ResNetV2-style pre-activation: Keras 3 records mask=None on every BatchNormalization call; the BN that
+    has no kernel layer to fold into becomes a 1x1 depthwise layer, which takes no mask (QAT and PTQ)."""
+    import tflite_export
+    from tfq_ext.qat import quantize_model
+
+    inputs = keras3.Input((8, 8, 4))
+    x = keras3.layers.Conv2D(8, 3, padding="same")(inputs)
+    skip = x
+    x = keras3.layers.BatchNormalization()(x)
+    x = keras3.layers.ReLU()(x)
+    x = keras3.layers.Conv2D(8, 3, padding="same")(x)
+    x = keras3.layers.Add()([x, skip])
+    x = keras3.layers.GlobalAveragePooling2D()(x)
+    model = keras3.Model(inputs, keras3.layers.Dense(3)(x))
+    data = np.random.default_rng(0).random((16, 8, 8, 4)).astype("float32")
+    qat = quantize_model(model)
+    qat(data, training=True)
+    for flatbuffer in (tflite_export.convert(qat), tflite_export.convert(model, representative_data=data)):
+        report = tflite_export.verify(flatbuffer)
+        assert report.integer_only and report.delegate_partitions == 1 and report.not_delegated == []

@@ -6,6 +6,8 @@ Shared by :func:`~tfq_ext.qat.quantize_model` (quantized layers) and
 
 from __future__ import annotations
 
+import inspect
+
 from typing import Callable, Dict, Optional
 
 import tensorflow_model_optimization as tfmot
@@ -76,6 +78,10 @@ def rebuild(graph: Graph, layers: Dict[str, keras.layers.Layer],
                 remaining.append((node, index, call))  # a shared layer whose later call needs later layers
                 continue
             kwargs = dict(refs[-1][3]) if refs and len(refs[-1]) > 3 and refs[-1][3] else {}
+            if "mask" in kwargs and kwargs["mask"] is None and not _takes_mask(layers[node.name]):
+                # A rewrite replaced a layer whose call took `mask` (Keras 3 records mask=None for every
+                # BatchNormalization call) by one whose call does not; no mask means the same as mask=None.
+                del kwargs["mask"]
             args = map_refs(call, tensor_of)
             if isinstance(args, list) and len(args) == 1:
                 args = args[0]
@@ -125,3 +131,13 @@ def load_weights(node: Node, layer: keras.layers.Layer) -> None:
     if remaining:
         raise RuntimeError(f"internal error: weights {sorted(remaining)} of layer '{node.name}' were not copied "
                            f"into its quantized version")
+
+
+def _takes_mask(layer) -> bool:
+    """Whether calling ``layer`` (or the layer a quantize wrapper calls) accepts a ``mask`` argument."""
+    inner = getattr(layer, "layer", layer)
+    try:
+        parameters = inspect.signature(inner.call).parameters
+    except (TypeError, ValueError):
+        return True
+    return "mask" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
