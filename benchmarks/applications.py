@@ -55,9 +55,9 @@ def log(msg: str) -> None:
 
 
 def _peak_rss_mb() -> float:
-    import resource
+    from benchmarks.qat_cost import peak_rss_mb
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return peak_rss_mb()
 
 
 def _first_line(exc: BaseException) -> str:
