@@ -1,23 +1,31 @@
-"""Lossless codebook compression of int8 TFLite files: ``compress``, ``decompress``, ``load_interpreter``.
+"""Lossless codebook compression of int8 TFLite files: ``compress``, ``decompress``, ``describe``.
 
 A weight is viewed as shape ``(A, d, B)`` of its int8 buffer (row-major over the TFLite tensor); block
-``(a, b)`` is ``x[a, :, b]``. When the tensor holds few DISTINCT blocks, as weights trained with product
-quantization or kernel codebooks and exported with per-tensor scales do, it is stored as one packed index per
-block (``bits`` = 1..8, LSB-first bit stream, a-major then b) plus an int8 codebook of ``K`` rows of ``d``
-values, and read by a CUSTOM ``TfqCodebookDecode`` node placed before its consumer. Per-channel scales make
-equal float blocks differ in int8, which is why the exact distinct-block approach needs per-tensor weights.
+``(a, b)`` is ``x[a, :, b]``. Two encodings, the smaller wins per tensor:
 
-Layouts tried by default (the smallest result wins):
+- block codebook: when the tensor holds few DISTINCT blocks, as weights trained with product quantization or
+  kernel codebooks and exported with per-tensor scales do, one packed index per block (``bits`` = 1..8) plus
+  an int8 codebook of ``K`` rows of ``d`` values;
+- variable-width codes (``layout="loader"`` only): each block ("group") gets its own code width and indexes a
+  table shared by the groups of that width, which is how DiffQ's learned bits per group look in int8.
+
+Per-channel scales make equal float blocks differ in int8, which is why both need per-tensor weights.
+
+Views tried by default (the smallest result wins):
 
 - CONV_2D ``(O, H, W, I)``: one block per 2-D kernel ``(o, i)``: ``A = O, d = H*W, B = I``;
 - DEPTHWISE_CONV_2D ``(1, H, W, C)``: ``A = 1, d = H*W, B = C``;
 - any weight, FULLY_CONNECTED ``(O, I)`` and 1x1 convs included: ``d`` contiguous values along the last
   axis, ``A = size/d, B = 1``, for ``d`` in 1, 2, 4, 8, 16, 32 dividing that axis (``d = 1`` is scalar
-  clustering).
+  clustering);
+- variable-width groups also: ``g`` values along the first axis, ``(O/g, g, size/O)`` (a Keras kernel's
+  last axis, where DiffQ forms its groups), and ``g`` contiguous values, for ``g`` in 4, 8, 16.
 
-Running a compressed file: :func:`decompress` rebuilds the dense int8 flatbuffer byte for byte, which the
-normal interpreter runs with XNNPACK at full speed; or the C kernel (``tflite_export.kernels``) decodes the
-weights on every invoke (XNNPACK then skips the layers whose weights are no longer constant).
+File layouts (``tflite_export/kernels/FORMAT.md``): ``"loader"`` (default) keeps the flatbuffer of the dense
+model and moves the compressed weights past its end; :func:`decompress` here or ``tfq_decompress`` in C
+(``tflite_export.kernels.decompress_native``) appends the decoded weights, and the result runs with XNNPACK at
+full speed. ``"kernel"`` puts a CUSTOM ``TfqCodebookDecode`` node before each weight, run by the C kernel at
+every invoke (XNNPACK then skips those layers); :func:`decompress` rebuilds its dense file byte for byte.
 """
 
 from __future__ import annotations
@@ -29,31 +37,36 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from flatbuffers import flexbuffers
 
+from tflite_export import _kernel_layout, _loader_layout
 from tflite_export import flatbuffer as fb
 from tflite_export._graph import check_flatbuffer
+from tflite_export._kernel_layout import CUSTOM_OP_NAME, tensor_name
 
 __all__ = [
     "CUSTOM_OP_NAME",
     "TensorCompression",
     "CompressionReport",
+    "LAYOUTS",
     "compress",
     "decompress",
+    "describe",
+    "default_max_bytes",
     "is_compressed",
+    "layout_of",
     "load_interpreter",
     "pack_indices",
     "unpack_indices",
 ]
 
-CUSTOM_OP_NAME = "TfqCodebookDecode"
+LAYOUTS = ("loader", "kernel")
+default_max_bytes = _loader_layout.default_max_bytes
 _WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 _CONTIGUOUS_BLOCKS = (1, 2, 4, 8, 16, 32)
-_ATTRS = ("A", "d", "B", "bits", "K")
+_GROUPS = (4, 8, 16)
 # Flatbuffer bytes one compressed weight adds besides its payload (two tensor tables with short names, two
 # buffers, the operator with its FlexBuffer options); measured about 230 with TF 2.21's schema.
 _OVERHEAD_BYTES = 256
-_MAX_ELEMENTS = 2**31 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,10 +81,11 @@ class TensorCompression:
         reason: Why not, when it was not (empty otherwise).
         layout: ``(A, d, B)`` of the chosen view (None when no view qualified).
         num_blocks: ``A * B``.
-        K: Distinct blocks (codebook rows).
-        bits: Bits per packed index.
+        K: Distinct blocks (codebook rows); for variable-width codes, the entries of all code tables.
+        bits: Bits per packed index; for variable-width codes, the widest group's.
         bytes_before: Dense int8 bytes.
         bytes_after: Packed index bytes + codebook bytes (flatbuffer tables not counted).
+        encoding: ``"codebook"`` or ``"varwidth"`` (empty when not compressed).
     """
 
     name: str
@@ -85,6 +99,12 @@ class TensorCompression:
     bits: int = 0
     bytes_before: int = 0
     bytes_after: int = 0
+    encoding: str = ""
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Stored bits per weight element (payloads only)."""
+        return 8.0 * self.bytes_after / max(1, self.bytes_before)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,9 +207,20 @@ def _layouts(op: str, shape: tuple[int, ...], spec: Any, name: str) -> list[tupl
     return layouts
 
 
-def _encode(data: np.ndarray, layouts: list[tuple[int, int, int]], max_bits: int):
-    """The cheapest layout as ``(layout, codebook (K, d), indices, bits)``, or None if no layout has
-    at most ``2**max_bits`` distinct blocks."""
+def _group_layouts(shape: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    """Views for variable-width groups: ``g`` values along the first axis or along the last."""
+    size = int(np.prod(shape, dtype=np.int64))
+    if not shape or size < 2:
+        return []
+    views = [(shape[0] // g, g, size // shape[0]) for g in _GROUPS if len(shape) > 1 and shape[0] % g == 0]
+    views += [(size // g, g, 1) for g in _GROUPS if shape[-1] % g == 0]
+    return list(dict.fromkeys(views))
+
+
+def _encode(data: np.ndarray, layouts: list[tuple[int, int, int]], max_bits: int,
+            group_layouts: list[tuple[int, int, int]] = ()) -> dict | None:
+    """The cheapest encoding as a dict (``kind``, ``view``, ``cost`` and the payload parts), or None when no
+    block-codebook view has at most ``2**max_bits`` distinct blocks and no variable-width view was tried."""
     best = None
     for layout in layouts:
         blocks = _blocks(data, layout)
@@ -203,9 +234,21 @@ def _encode(data: np.ndarray, layouts: list[tuple[int, int, int]], max_bits: int
             continue
         bits = max(1, math.ceil(math.log2(k)))
         cost = math.ceil(blocks.shape[0] * bits / 8) + codebook.size
-        if best is None or cost < best[0]:
-            best = (cost, layout, codebook, np.asarray(inverse).ravel(), bits)
-    return None if best is None else best[1:]
+        if best is None or cost < best["cost"]:
+            best = {"kind": 1, "view": layout, "cost": cost, "codebook": codebook,
+                    "indices": np.asarray(inverse).ravel(), "bits": bits}
+    for layout in group_layouts:
+        blocks = _blocks(data, layout)
+        if best is not None and math.ceil(blocks.size / 8) >= best["cost"]:
+            continue  # one bit per value already costs more
+        encoded = _loader_layout.encode_varwidth(blocks, max_bits)
+        if encoded is None:
+            continue
+        f, b0, payload, table, cost = encoded
+        if best is None or cost < best["cost"]:
+            best = {"kind": 2, "view": layout, "cost": cost, "f": f, "b0": b0, "payload": payload, "table": table,
+                    "widest": b0 + (1 << f) - 1 if f else b0, "entries": len(table) - 16}
+    return best
 
 
 def _weight_tensors(model: Any) -> list[tuple[int, int, int, str]]:
@@ -258,23 +301,33 @@ def _check_options(max_bits: Any, min_saving: Any) -> tuple[int, float]:
     return int(max_bits), float(min_saving)
 
 
-def compress(int8_flatbuffer: bytes, tensors: Any = None, *, max_bits: int = 8, min_saving: float = 0.1,
-             return_report: bool = False) -> bytes | tuple[bytes, CompressionReport]:
-    """Replaces int8 weights that hold few distinct blocks by packed indices + codebook + a decode node.
+def _check_layout(layout: Any) -> str:
+    if layout not in LAYOUTS:
+        raise ValueError(f"`layout` must be one of {LAYOUTS}: \"loader\" (decompressed at load, runs at dense "
+                         f"speed) or \"kernel\" (run by the TfqCodebookDecode custom op). Received: layout={layout!r}")
+    return layout
 
-    Lossless: :func:`decompress` restores the input. A weight is replaced when some layout has at most
-    ``2**max_bits`` distinct blocks and the packed form, including about 256 bytes of flatbuffer tables,
-    saves at least ``min_saving`` of the dense bytes.
+
+def compress(int8_flatbuffer: bytes, tensors: Any = None, *, max_bits: int = 8, min_saving: float = 0.1,
+             layout: str = "loader", return_report: bool = False) -> bytes | tuple[bytes, CompressionReport]:
+    """Replaces int8 weights that hold few distinct values or blocks by packed codes and small tables.
+
+    Lossless: :func:`decompress` gives back a model that computes exactly what the input does (for
+    ``layout="kernel"``, the input itself, byte for byte). A weight is replaced when its encoding, including
+    about 256 bytes of flatbuffer tables, saves at least ``min_saving`` of the dense bytes.
 
     Args:
         int8_flatbuffer: A TFLite flatbuffer (normally a full-int8 file from ``tflite_export.convert``).
         tensors: None for every CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED weight with the cheapest default
-            layout; or tensor names (a list) or a dict of tensor name -> block size ``d`` (the per-kernel
-            layout when ``d == H*W`` of a conv kernel, else ``d`` contiguous values along the last axis),
+            view; or tensor names (a list) or a dict of tensor name -> block size ``d`` (the per-kernel
+            view when ``d == H*W`` of a conv kernel, else ``d`` contiguous values along the last axis),
             an explicit ``(A, d, B)`` view, or None (automatic). Named tensors may be any int8 constant that
-            an operator reads.
-        max_bits: Largest index width; at most ``2**max_bits`` codebook rows.
+            an operator reads. An explicit block size or view selects the block codebook.
+        max_bits: Largest index or code width; at most ``2**max_bits`` codebook rows or table entries.
         min_saving: Smallest fraction of a weight's bytes the replacement must save.
+        layout: ``"loader"`` (default): decompressed when loaded (:func:`decompress`, or ``tfq_decompress`` in
+            C on a device), then runs at dense speed with XNNPACK; block codebooks and variable-width codes.
+            ``"kernel"``: runs as is with the ``TfqCodebookDecode`` custom op registered; block codebooks only.
         return_report: Also return a :class:`CompressionReport`.
 
     Returns:
@@ -282,12 +335,20 @@ def compress(int8_flatbuffer: bytes, tensors: Any = None, *, max_bits: int = 8, 
 
     Raises:
         TypeError: ``int8_flatbuffer`` is not bytes, or ``tensors`` has the wrong type.
-        ValueError: Not a TFLite flatbuffer, a named tensor is not read by any operator, a block size does not
-            fit its tensor, or an option is out of range.
+        ValueError: Not a TFLite flatbuffer, already compressed, a named tensor is not read by any operator, a
+            block size does not fit its tensor, or an option is out of range.
     """
     content = check_flatbuffer(int8_flatbuffer, "int8_flatbuffer")
     max_bits, min_saving = _check_options(max_bits, min_saving)
+    layout = _check_layout(layout)
     model = fb.read_model(content, "int8_flatbuffer")
+    fb.check_references(model, "int8_flatbuffer")
+    if _loader_layout.has_entry(model) or _kernel_layout.decode_codes(model):
+        raise ValueError("`int8_flatbuffer` is already compressed; pass the dense file (`decompress` gives it).")
+    external = [i for i, b in enumerate(model.buffers) if int(b.offset or 0) > 1]
+    if external:
+        raise ValueError(f"`int8_flatbuffer` stores buffers {external[:5]} outside the flatbuffer (offset > 1); "
+                         f"compress supports files that hold their weights inline")
     selection = _selection(model, tensors)
     references: dict[int, int] = {}
     for subgraph in model.subgraphs:
@@ -296,7 +357,7 @@ def compress(int8_flatbuffer: bytes, tensors: Any = None, *, max_bits: int = 8, 
     entries, plans = [], []
     for s, t, position, op, spec in selection:
         tensor = model.subgraphs[s].tensors[t]
-        name, shape = tensor.name.decode("utf-8", "replace"), tuple(int(v) for v in tensor.shape)
+        name, shape = tensor_name(tensor), tuple(int(v) for v in tensor.shape)
         layouts = _layouts(op, shape, spec, name)  # validates an explicit spec even if the tensor is skipped
         data = fb.buffer_data(model, tensor.buffer)
         size = int(np.prod(shape, dtype=np.int64))
@@ -308,178 +369,162 @@ def compress(int8_flatbuffer: bytes, tensors: Any = None, *, max_bits: int = 8, 
         if reason:
             entries.append(TensorCompression(name, op, shape, False, reason, bytes_before=size))
             continue
-        encoded = _encode(data.view(np.int8), layouts, max_bits)
+        groups = _group_layouts(shape) if layout == "loader" and spec is None else []
+        encoded = _encode(data.view(np.int8), layouts, max_bits, groups)
         if encoded is None:
             entries.append(TensorCompression(name, op, shape, False, f"more than 2**{max_bits} distinct blocks",
                                              bytes_before=size))
             continue
-        layout, codebook, indices, bits = encoded
-        after = math.ceil(indices.size * bits / 8) + codebook.size
+        view, after = encoded["view"], encoded["cost"]
+        if encoded["kind"] == 1:
+            k, bits, encoding = encoded["codebook"].shape[0], encoded["bits"], "codebook"
+        else:
+            k, bits, encoding = encoded["entries"], encoded["widest"], "varwidth"
         entry = TensorCompression(name, op, shape, after + _OVERHEAD_BYTES <= (1 - min_saving) * size,
-                                  "", layout, indices.size, codebook.shape[0], bits, size, after)
+                                  "", view, view[0] * view[2], k, bits, size, after, encoding)
         if not entry.compressed:
             entry = dataclasses.replace(entry, reason=f"saves less than min_saving={min_saving:g}")
         else:
-            plans.append((s, t, position, layout, codebook, indices, bits))
+            plans.append((s, t, position, encoded))
         entries.append(entry)
-    if plans:
-        _apply(model, plans)
-    result = fb.write_model(model) if plans else content
+    if not plans:
+        result = content
+    elif layout == "kernel":
+        _kernel_layout.apply(model, [(s, t, p, e["view"], e["codebook"], e["indices"], e["bits"])
+                                     for s, t, p, e in plans])
+        result = fb.write_model(model)
+    else:
+        result = _loader_layout.write(model, [_loader_plan(model, s, t, e) for s, t, _, e in plans])
     if return_report:
         return result, CompressionReport(entries, len(content), len(result))
     return result
 
 
-def _apply(model: Any, plans: list) -> None:
-    """Adds the index/codebook tensors and decode nodes and empties the dense weight buffers."""
-    opcode = fb.add_operator_code(model, custom=CUSTOM_OP_NAME)
-    s_schema = fb.schema()
-    inserts: dict[int, list[tuple[int, Any]]] = {}
-    for n, (s, t, position, layout, codebook, indices, bits) in enumerate(plans):
-        subgraph, tensor = model.subgraphs[s], model.subgraphs[s].tensors[t]
-        a, d, b = layout
-        packed = pack_indices(indices, bits)
-        index_tensor = fb.add_tensor(subgraph, f"tfq_cb{n}/indices", [len(packed)], s_schema.TensorType.UINT8,
-                                     fb.add_buffer(model, packed))
-        codebook_tensor = fb.add_tensor(subgraph, f"tfq_cb{n}/codebook", list(codebook.shape),
-                                        s_schema.TensorType.INT8,
-                                        fb.add_buffer(model, codebook.astype(np.int8).tobytes()))
-        fb.set_buffer_data(model, tensor.buffer, None)
-        options = flexbuffers.Dumps({"A": a, "d": d, "B": b, "bits": bits, "K": int(codebook.shape[0])})
-        inserts.setdefault(s, []).append((position, (index_tensor, codebook_tensor, t, options)))
-    for s, items in inserts.items():
-        # From the last position backward, so that earlier positions stay valid.
-        for position, (index_tensor, codebook_tensor, t, options) in sorted(items, key=lambda i: -i[0]):
-            fb.insert_operator(model.subgraphs[s], position, opcode, [index_tensor, codebook_tensor], [t],
-                               custom_options=options)
+def _loader_plan(model: Any, s: int, t: int, encoded: dict) -> _loader_layout.Plan:
+    buffer = int(model.subgraphs[s].tensors[t].buffer)
+    if encoded["kind"] == 1:
+        return _loader_layout.Plan(buffer, 1, encoded["view"], encoded["bits"], int(encoded["codebook"].shape[0]),
+                                   pack_indices(encoded["indices"], encoded["bits"]),
+                                   encoded["codebook"].astype(np.int8).tobytes())
+    return _loader_layout.Plan(buffer, 2, encoded["view"], encoded["f"], encoded["b0"], encoded["payload"],
+                               encoded["table"])
+
+
+def _read(content: Any, arg_name: str) -> tuple[bytes, Any, str]:
+    """The checked bytes, the parsed model and its layout (``"loader"``, ``"kernel"`` or ``"dense"``)."""
+    content = check_flatbuffer(content, arg_name)
+    model = fb.read_model(content, arg_name)
+    fb.check_references(model, arg_name)
+    loader, kernel = _loader_layout.has_entry(model), bool(_kernel_layout.nodes(model))
+    if loader and kernel:
+        raise ValueError(f"`{arg_name}` has both a `tfq_codebook` descriptor and TfqCodebookDecode nodes; a "
+                         f"compressed file uses one layout")
+    return content, model, "loader" if loader else "kernel" if kernel else "dense"
 
 
 def is_compressed(content: bytes) -> bool:
-    """Whether a flatbuffer holds ``TfqCodebookDecode`` nodes."""
+    """Whether a flatbuffer is a compressed file of either layout."""
     content = check_flatbuffer(content, "content")
-    if CUSTOM_OP_NAME.encode() not in content:  # cheap pre-check before parsing the whole file
-        return False
-    model = fb.read_model(content)
-    return any(fb.op_name(model, op) == CUSTOM_OP_NAME for sg in model.subgraphs for op in sg.operators or [])
+    if CUSTOM_OP_NAME.encode() not in content and _loader_layout.METADATA_NAME not in content:
+        return False  # cheap pre-check before parsing the whole file
+    return _read(content, "content")[2] != "dense"
 
 
-def _attributes(op: Any, where: str) -> dict[str, int]:
-    """The validated custom options of a decode node (the same rules as the C kernel)."""
-    raw = bytes(np.asarray(op.customOptions, np.uint8)) if op.customOptions is not None else b""
-    try:
-        attrs = flexbuffers.Loads(raw)
-    except Exception as exc:  # corrupt FlexBuffers raise IndexError, struct.error, ...
-        raise ValueError(f"{where}: custom options are not a readable FlexBuffer ({type(exc).__name__}: {exc}); "
-                         f"expected a map of integers A, d, B, bits, K. Received: {len(raw)} bytes") from exc
-    if not isinstance(attrs, dict) or any(not isinstance(attrs.get(k), int) or isinstance(attrs.get(k), bool)
-                                          for k in _ATTRS):
-        raise ValueError(f"{where}: custom options must map A, d, B, bits, K to integers. Received: {attrs!r:.120}")
-    a, d, b, bits, k = (attrs[key] for key in _ATTRS)
-    if min(a, d, b) < 1 or not 1 <= bits <= 8 or not 1 <= k <= 1 << bits or a * d * b > _MAX_ELEMENTS \
-            or k * d > _MAX_ELEMENTS:
-        raise ValueError(f"{where}: attributes out of range; expected A, d, B >= 1, 1 <= bits <= 8, "
-                         f"1 <= K <= 2**bits, A*d*B and K*d below 2**31. Received: A={a} d={d} B={b} bits={bits} "
-                         f"K={k}")
-    return {key: int(attrs[key]) for key in _ATTRS}
+def layout_of(content: bytes) -> str:
+    """``"loader"``, ``"kernel"`` or ``"dense"`` (not compressed)."""
+    return _read(content, "content")[2]
 
 
-def _decode_node(model: Any, s: int, position: int, op: Any) -> tuple[int, bytes, list[int]]:
-    """Validates one decode node; returns its output tensor, the dense bytes and its input tensors."""
-    subgraph = model.subgraphs[s]
-    count = len(subgraph.tensors)
-    inputs = [int(i) for i in (op.inputs if op.inputs is not None else [])]
-    outputs = [int(i) for i in (op.outputs if op.outputs is not None else [])]
-    where = f"{CUSTOM_OP_NAME} node {position} of subgraph {s}"
-    if len(inputs) != 2 or len(outputs) != 1 or not all(0 <= i < count for i in inputs + outputs):
-        raise ValueError(f"{where}: expected 2 inputs (indices, codebook) and 1 output among {count} tensors. "
-                         f"Received: inputs={inputs}, outputs={outputs}")
-    out = subgraph.tensors[outputs[0]]
-    where += f" (weight {out.name.decode('utf-8', 'replace')!r})"
-    attrs = _attributes(op, where)
-    a, d, b, bits, k = (attrs[key] for key in _ATTRS)
-    index_tensor, codebook_tensor = (subgraph.tensors[i] for i in inputs)
-    types = [fb.tensor_type_name(t.type) for t in (index_tensor, codebook_tensor, out)]
-    if types != ["UINT8", "INT8", "INT8"]:
-        raise ValueError(f"{where}: expected uint8 indices, an int8 codebook and an int8 output. Received: "
-                         f"{types}")
-    packed, codebook = (fb.buffer_data(model, t.buffer) for t in (index_tensor, codebook_tensor))
-    packed_len, codebook_len = (0 if x is None else x.size for x in (packed, codebook))
-    elements = int(np.prod(out.shape, dtype=np.int64))
-    expected = math.ceil(a * b * bits / 8)
-    if packed_len != expected:
-        raise ValueError(f"{where}: packed indices have {packed_len} bytes; expected ceil(A*B*bits/8)={expected} "
-                         f"for A={a} B={b} bits={bits}")
-    if codebook_len != k * d:
-        raise ValueError(f"{where}: codebook has {codebook_len} bytes; expected K*d={k * d} for K={k} d={d}")
-    if elements != a * d * b:
-        raise ValueError(f"{where}: output has {elements} elements (shape {list(out.shape)}); expected "
-                         f"A*d*B={a * d * b}")
-    if fb.buffer_data(model, out.buffer) is not None:
-        raise ValueError(f"{where}: the output tensor already holds constant data")
-    indices = unpack_indices(packed, a * b, bits)
-    bad = np.flatnonzero(indices >= k)
-    if bad.size:
-        raise ValueError(f"{where}: {bad.size} indices are >= K={k} (first: index {indices[bad[0]]} of block "
-                         f"({bad[0] // b}, {bad[0] % b})); the file is corrupt")
-    blocks = codebook.view(np.int8).reshape(k, d)[indices]
-    dense = blocks.reshape(a, b, d).transpose(0, 2, 1).tobytes()
-    return outputs[0], dense, inputs
+def _check_max_bytes(max_bytes: Any, length: int) -> int:
+    if max_bytes is None:
+        return default_max_bytes(length)
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 1:
+        raise ValueError(f"`max_bytes` must be a positive integer or None (default: max(16 MiB, 256 x the file "
+                         f"size)). Received: max_bytes={max_bytes!r}")
+    return int(max_bytes)
 
 
-def decompress(compressed_bytes: bytes) -> bytes:
-    """Rebuilds the dense int8 flatbuffer of a :func:`compress` result.
+def decompress(compressed_bytes: bytes, *, max_bytes: int | None = None) -> bytes:
+    """The dense int8 model of a :func:`compress` result, ready for any TFLite interpreter.
 
-    Every ``TfqCodebookDecode`` node is decoded into its output tensor's buffer and removed with its index
-    and codebook tensors and buffers. For a file written by :func:`compress` the result equals its input
-    byte for byte (or :func:`tflite_export.flatbuffer.normalize` of it for files not written with TF's
-    object API). A file without decode nodes is returned unchanged.
+    Loader layout: the file followed by its decoded weights at the places its buffers point to
+    (``tflite_export/kernels/FORMAT.md``); ``tfq_decompress`` in C gives the same bytes. Kernel layout: every
+    ``TfqCodebookDecode`` node is decoded into its output tensor's buffer and removed with its index and
+    codebook tensors; for a file written by :func:`compress` the result equals its input byte for byte (or
+    :func:`tflite_export.flatbuffer.normalize` of it for files not written with TF's object API). A file
+    that is not compressed is returned unchanged.
 
     Args:
         compressed_bytes: A flatbuffer from :func:`compress`.
+        max_bytes: Largest decompressed size accepted (default ``max(16 MiB, 256 * len(compressed_bytes))``,
+            which no real model reaches and a decompression bomb exceeds).
 
     Returns:
         The dense flatbuffer.
 
     Raises:
         TypeError: ``compressed_bytes`` is not bytes.
-        ValueError: Not a TFLite flatbuffer, or a decode node is malformed: unreadable or out-of-range
-            attributes, wrong tensor types, buffer sizes that disagree with the attributes, or an index >= K.
+        ValueError: Not a TFLite flatbuffer, a reference points nowhere, the result would exceed
+            ``max_bytes``, or the compressed weights are malformed (the message names the node, entry or tensor).
     """
-    content = check_flatbuffer(compressed_bytes, "compressed_bytes")
-    model = fb.read_model(content, "compressed_bytes")  # parsed even without decode nodes: catches truncation
-    decode_codes = [i for i in range(len(model.operatorCodes))
-                    if fb.builtin_code(model, i) == fb.schema().BuiltinOperator.CUSTOM
-                    and model.operatorCodes[i].customCode == CUSTOM_OP_NAME.encode()]
-    if not decode_codes:
-        return content
-    dense_buffers: dict[int, bytes] = {}
-    dropped_buffers: set[int] = set()
-    for s, subgraph in enumerate(model.subgraphs):
-        positions, dropped_tensors = [], set()
-        for position, op in enumerate(subgraph.operators or []):
-            if op.opcodeIndex not in decode_codes:
-                continue
-            out, dense, inputs = _decode_node(model, s, position, op)
-            buffer = subgraph.tensors[out].buffer
-            if buffer in dense_buffers:
-                raise ValueError(f"{CUSTOM_OP_NAME} node {position} of subgraph {s}: its output buffer {buffer} "
-                                 f"is written by another decode node")
-            dense_buffers[buffer] = dense
-            positions.append(position)
-            dropped_tensors.update(inputs)
-        if not positions:
-            continue
-        fb.remove_operators(subgraph, positions)
-        still_read = set(fb.consumers(subgraph))
-        dropped_tensors -= still_read  # an index/codebook tensor another node reads stays
-        dropped_buffers.update(subgraph.tensors[t].buffer for t in dropped_tensors)
-        fb.remove_tensors(model, s, dropped_tensors)
-    for buffer, dense in dense_buffers.items():
-        fb.set_buffer_data(model, buffer, np.frombuffer(dense, np.uint8))
-    in_use = {t.buffer for sg in model.subgraphs for t in sg.tensors}
-    fb.remove_buffers(model, dropped_buffers - in_use - {0})
-    fb.remove_unused_operator_codes(model, decode_codes)
-    return fb.write_model(model)
+    content, model, layout = _read(compressed_bytes, "compressed_bytes")
+    limit = _check_max_bytes(max_bytes, len(content))
+    if layout == "loader":
+        return _loader_layout.read(content, model, limit)
+    if layout == "kernel":
+        return _kernel_layout.read(model, len(content), limit)
+    return content
+
+
+def describe(content: bytes) -> list[TensorCompression]:
+    """The compressed weights of a file of either layout (empty for a dense file), validated.
+
+    Raises:
+        TypeError: ``content`` is not bytes.
+        ValueError: The file is not a TFLite flatbuffer or its compressed weights are malformed.
+    """
+    content, model, layout = _read(content, "content")
+    found = []
+    if layout == "loader":
+        entries, _ = _loader_layout.entries(model, len(content))
+        owners = {}
+        for s, subgraph in enumerate(model.subgraphs):
+            for tensor in subgraph.tensors or []:
+                owners.setdefault(int(tensor.buffer), tensor)
+        readers = {}
+        for subgraph in model.subgraphs:
+            for op in subgraph.operators or []:
+                for t in op.inputs if op.inputs is not None else []:
+                    if t >= 0:
+                        readers.setdefault(int(subgraph.tensors[t].buffer), fb.op_name(model, op))
+        for i, e in enumerate(entries):
+            payload, table = (fb.buffer_data(model, b) for b in (e.payload, e.table))
+            after = sum(0 if x is None else x.size for x in (payload, table))
+            tensor = owners.get(e.target)
+            name = tensor_name(tensor) if tensor is not None else f"<buffer {e.target}>"
+            shape = tuple(int(v) for v in tensor.shape) if tensor is not None and tensor.shape is not None else ()
+            if e.kind == 1:
+                k, bits, encoding = e.K, e.bits, "codebook"
+            else:
+                k = int(np.frombuffer(bytes(table[:16]), "<u2").sum()) if table is not None else 0
+                bits, encoding = e.K + (1 << e.bits) - 1 if e.bits else e.K, "varwidth"
+            _loader_layout.decode_entry(model, i, e)  # checks every index / code
+            found.append(TensorCompression(name, readers.get(e.target, ""), shape, True, "", e.view,
+                                           e.view[0] * e.view[2], k, bits, e.size, after, encoding))
+        return found
+    users = _kernel_layout._buffer_users(model)
+    for s, position, op in _kernel_layout.nodes(model):
+        out, dense, inputs, attrs = _kernel_layout.decode_node(model, s, position, op, users)
+        subgraph = model.subgraphs[s]
+        tensor = subgraph.tensors[out]
+        reader = next((fb.op_name(model, other) for other in subgraph.operators or []
+                       if other.inputs is not None and out in [int(i) for i in other.inputs]), "")
+        after = sum(int(np.prod(subgraph.tensors[i].shape, dtype=np.int64)) for i in inputs)
+        found.append(TensorCompression(tensor_name(tensor), reader, tuple(int(v) for v in tensor.shape), True, "",
+                                       (attrs["A"], attrs["d"], attrs["B"]), attrs["A"] * attrs["B"], attrs["K"],
+                                       attrs["bits"], len(dense), after, "codebook"))
+    return found
+
 
 
 def load_interpreter(path_or_bytes: Any, *, use_kernel: bool = False, **kwargs: Any) -> Any:
@@ -506,10 +551,17 @@ def load_interpreter(path_or_bytes: Any, *, use_kernel: bool = False, **kwargs: 
             content = f.read()
     else:
         content = check_flatbuffer(path_or_bytes, "path_or_bytes")
-    if not is_compressed(content):
+    layout = layout_of(content)
+    if layout == "dense":
         return make_interpreter(content, **kwargs)
     if use_kernel:
         from tflite_export import kernels
+
+        if layout != "kernel":
+            raise ValueError("`use_kernel=True` needs a file compressed with layout=\"kernel\"; this one has the "
+                             "loader layout, which is decompressed at load (`use_kernel=False`) and runs at dense "
+                             "speed.")
+        describe(content)  # the kernel checks the same rules; this names the node first
 
         registerers = list(kwargs.pop("custom_op_registerers", None) or []) + [kernels.registerer()]
         return make_interpreter(content, custom_op_registerers=registerers, **kwargs)

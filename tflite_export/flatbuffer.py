@@ -40,6 +40,7 @@ __all__ = [
     "remove_tensors",
     "remove_buffers",
     "remove_unused_operator_codes",
+    "check_references",
 ]
 
 _NUMPY_TYPES = {
@@ -288,3 +289,33 @@ def remove_unused_operator_codes(model: Any, candidates: Iterable[int]) -> None:
         for op in subgraph.operators or []:
             op.opcodeIndex = int(mapping[op.opcodeIndex])
     model.operatorCodes = [c for i, c in enumerate(model.operatorCodes) if i not in removed]
+
+
+def check_references(model: Any, arg_name: str = "content") -> None:
+    """Raises ``ValueError`` naming the first operator-code, tensor or buffer index that points nowhere.
+
+    The generated object API reads any integer the file holds; editing or decoding a hostile file needs every
+    reference checked before it is followed.
+    """
+    codes, buffers = len(model.operatorCodes or []), len(model.buffers or [])
+    for s, subgraph in enumerate(model.subgraphs or []):
+        tensors = len(subgraph.tensors or [])
+        for t, tensor in enumerate(subgraph.tensors or []):
+            if not 0 <= int(tensor.buffer) < buffers:
+                raise ValueError(f"`{arg_name}`: tensor {t} of subgraph {s} names buffer {int(tensor.buffer)}; "
+                                 f"the model has {buffers} buffers")
+        for p, op in enumerate(subgraph.operators or []):
+            if not 0 <= int(op.opcodeIndex) < codes:
+                raise ValueError(f"`{arg_name}`: operator {p} of subgraph {s} uses operator code "
+                                 f"{int(op.opcodeIndex)}; the model has {codes}")
+            for what, values, optional in (("input", op.inputs, True), ("output", op.outputs, False),
+                                           ("intermediate", op.intermediates, False)):
+                for v in values if values is not None else []:
+                    if not (0 <= int(v) < tensors or optional and int(v) == -1):
+                        raise ValueError(f"`{arg_name}`: operator {p} of subgraph {s} has {what} tensor {int(v)}; "
+                                         f"the subgraph has {tensors} tensors")
+        for what, values in (("input", subgraph.inputs), ("output", subgraph.outputs)):
+            for v in values if values is not None else []:
+                if not 0 <= int(v) < tensors:
+                    raise ValueError(f"`{arg_name}`: subgraph {s} {what} {int(v)} is not one of its {tensors} "
+                                     f"tensors")

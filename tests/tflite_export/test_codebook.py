@@ -1,4 +1,6 @@
-"""compress / decompress: lossless round trip, layouts, size accounting, malformed files."""
+"""compress / decompress of the kernel layout: lossless round trip, views, size accounting, malformed files.
+
+The loader layout and the variable-width encoding are in test_codebook_loader.py."""
 
 import math
 
@@ -75,7 +77,8 @@ def codebook_int8(digits):
 
 @pytest.fixture(scope="session")
 def compressed(codebook_int8):
-    return compress(codebook_int8, return_report=True)
+    """The kernel layout (TfqCodebookDecode nodes), which the kernel tests run too."""
+    return compress(codebook_int8, layout="kernel", return_report=True)
 
 
 def _weights(content):
@@ -166,7 +169,7 @@ def test_decompress_leaves_dense_files_alone(ptq_int8):
 ], ids=["block-8", "explicit-view", "block-4", "automatic"])
 def test_explicit_tensor_specs(codebook_int8, spec, layout):
     name = _layer("dense_a", _weights(codebook_int8))
-    content, report = compress(codebook_int8, {name: spec}, return_report=True)
+    content, report = compress(codebook_int8, {name: spec}, layout="kernel", return_report=True)
     (entry,) = report.tensors
     assert entry.name == name and entry.compressed
     assert entry.layout == (layout or (4096, 8, 1))
