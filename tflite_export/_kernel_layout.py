@@ -100,13 +100,12 @@ def decode_node(model: Any, s: int, position: int, op: Any, users: dict[int, int
     count = len(subgraph.tensors or [])
     inputs = [int(i) for i in (op.inputs if op.inputs is not None else [])]
     outputs = [int(i) for i in (op.outputs if op.outputs is not None else [])]
-    where = f"{CUSTOM_OP_NAME} node {position} of subgraph {s}"
+    where = _where(model, s, position, op)
     if len(inputs) != 2 or len(outputs) != 1 or not all(0 <= i < count for i in inputs + outputs):
         raise ValueError(f"{where}: expected 2 inputs (indices, codebook) and 1 output among {count} tensors. "
                          f"Received: inputs={inputs}, outputs={outputs}")
     out_index = outputs[0]
     out = subgraph.tensors[out_index]
-    where += f" (weight {tensor_name(out)!r})"
     attrs = attributes(op, where)
     a, d, b, bits, k = (attrs[key] for key in ATTRS)
     index_tensor, codebook_tensor = (subgraph.tensors[i] for i in inputs)
@@ -153,6 +152,16 @@ def decode_node(model: Any, s: int, position: int, op: Any, users: dict[int, int
     return out_index, dense, inputs, attrs
 
 
+def _where(model: Any, s: int, position: int, op: Any) -> str:
+    """``TfqCodebookDecode node P of subgraph S (weight NAME)`` for messages, naming the weight when it can."""
+    where = f"{CUSTOM_OP_NAME} node {position} of subgraph {s}"
+    outputs = [int(i) for i in (op.outputs if op.outputs is not None else [])]
+    tensors = model.subgraphs[s].tensors or []
+    if len(outputs) == 1 and 0 <= outputs[0] < len(tensors):
+        where += f" (weight {tensor_name(tensors[outputs[0]])!r})"
+    return where
+
+
 def _buffer_users(model: Any) -> dict[int, int]:
     users: dict[int, int] = {}
     for subgraph in model.subgraphs:
@@ -172,7 +181,7 @@ def read(model: Any, length: int, max_bytes: int) -> bytes:
     """The dense model of a kernel-layout file of ``length`` bytes (``model`` is edited in place)."""
     codes = decode_codes(model)
     users = _buffer_users(model)
-    attrs_of = [(s, p, op, attributes(op, f"{CUSTOM_OP_NAME} node {p} of subgraph {s}")) for s, p, op in nodes(model)]
+    attrs_of = [(s, p, op, attributes(op, _where(model, s, p, op))) for s, p, op in nodes(model)]
     total = length + sum(a["A"] * a["d"] * a["B"] for *_, a in attrs_of)
     if total > max_bytes:
         raise ValueError(f"the decompressed model would have about {total} bytes, more than max_bytes={max_bytes} "

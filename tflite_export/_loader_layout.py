@@ -23,7 +23,7 @@ import numpy as np
 from tflite_export import flatbuffer as fb
 
 __all__ = ["METADATA_NAME", "Entry", "Plan", "default_max_bytes", "encode_varwidth", "write", "has_entry",
-           "entries", "decode_entry", "read"]
+           "entries", "decode_entry", "read", "is_loaded"]
 
 METADATA_NAME = b"tfq_codebook"
 MAGIC = b"TFQCBLD1"
@@ -95,14 +95,52 @@ def _unpack_stream(data: np.ndarray, widths: np.ndarray) -> np.ndarray:
     return (bits << shifts).sum(axis=1)
 
 
+def _table_values(table: np.ndarray) -> np.ndarray:
+    return np.array([v - 128 for v in range(256) if int(table[v >> 6]) >> (v & 63) & 1], np.int64)
+
+
+def _assign_widths(unique, sizes, multiplicity, max_width: int, strategy: str):
+    """Width per distinct value set and the table per width, or None if some set gets none.
+
+    ``"sets"``: for each width, narrowest first, the sets that need at most that many bits join the table
+    largest first (then most common) while the union fits. ``"values"``: the table is the ``2**w`` values that
+    the most remaining groups contain, and the sets inside it take that width.
+    """
+    needed = np.maximum(1, np.ceil(np.log2(np.maximum(sizes, 1))).astype(np.int64))
+    width = np.zeros(unique.shape[0], np.int64)
+    tables: dict[int, np.ndarray] = {}
+    bit_of = np.uint64(1) << (np.arange(256, dtype=np.uint64) & np.uint64(63))
+    for w in range(1, max_width + 1):
+        pending = np.flatnonzero((width == 0) & (needed <= w))
+        table = np.zeros(4, np.uint64)
+        if strategy == "values" and pending.size:
+            member = (unique[pending][:, np.arange(256) >> 6] & bit_of) != 0  # (sets, 256)
+            counts = (member * multiplicity[pending][:, None]).sum(axis=0)
+            for v in np.argsort(-counts, kind="stable")[:1 << w]:
+                if counts[v]:
+                    table[v >> 6] |= bit_of[v]
+            inside = np.bitwise_count(unique[pending] & ~table).sum(axis=1) == 0
+            width[pending[inside]] = w
+        else:
+            while pending.size:
+                union = np.bitwise_count(unique[pending] | table).sum(axis=1)
+                inside = union == int(np.bitwise_count(table).sum())
+                width[pending[inside]] = w
+                pending = pending[~inside & (union <= 1 << w)]
+                if pending.size:  # the first remaining set (in priority order) joins the table
+                    table |= unique[pending[0]]
+                    width[pending[0]] = w
+                    pending = pending[1:]
+        tables[w] = _table_values(table)
+    return None if np.any(width == 0) else (width, tables)
+
+
 def encode_varwidth(blocks: np.ndarray, max_width: int = 8) -> tuple[int, int, bytes, bytes, int] | None:
     """Kind-2 encoding of a ``(G, d)`` int8 block matrix: ``(f, b0, payload, table, bytes)``, or None when some
     group needs more than ``max_width`` bits.
 
-    Widths are chosen greedily, narrowest first: for width ``w`` the groups that need at most ``w`` bits are
-    taken, those with the most distinct values (and the most common value sets) first, while the union of
-    their values fits ``2**w`` table entries; the others move to a wider table. Width 8 holds all 256 values,
-    so every group gets a width.
+    Widths are chosen greedily, narrowest first, by two strategies (see :func:`_assign_widths`); the smaller
+    encoding wins. Width 8 holds all 256 values, so with ``max_width=8`` every group gets a width.
     """
     blocks = np.asarray(blocks, np.int8)
     g, d = blocks.shape
@@ -115,44 +153,34 @@ def encode_varwidth(blocks: np.ndarray, max_width: int = 8) -> tuple[int, int, b
     unique, inverse, multiplicity = np.unique(masks, axis=0, return_inverse=True, return_counts=True)
     inverse = np.asarray(inverse).ravel()
     sizes = np.bitwise_count(unique).sum(axis=1).astype(np.int64)
-    needed = np.maximum(1, np.ceil(np.log2(np.maximum(sizes, 1))).astype(np.int64))
     order = np.lexsort((-multiplicity, -sizes))  # most distinct values first, then most common
-    unique, sizes, needed = unique[order], sizes[order], needed[order]
+    unique, sizes, multiplicity = unique[order], sizes[order], multiplicity[order]
     rank = np.empty_like(order)
     rank[order] = np.arange(order.size)
     inverse = rank[inverse]
-    width = np.zeros(unique.shape[0], np.int64)
-    tables: dict[int, np.ndarray] = {}
-    for w in range(1, max_width + 1):
-        table = np.zeros(4, np.uint64)
-        pending = np.flatnonzero((width == 0) & (needed <= w))
-        while pending.size:
-            union = np.bitwise_count(unique[pending] | table).sum(axis=1)
-            filled = int(np.bitwise_count(table).sum())
-            inside = union == filled
-            width[pending[inside]] = w
-            pending = pending[~inside & (union <= 1 << w)]
-            if pending.size:  # the first remaining set (in priority order) joins the table
-                table |= unique[pending[0]]
-                width[pending[0]] = w
-                pending = pending[1:]
-        tables[w] = np.array([v - 128 for v in range(256) if int(table[v >> 6]) >> (v & 63) & 1], np.int64)
-    if np.any(width == 0):
-        return None
-    group_width = width[inverse]
-    b0, top = int(group_width.min()), int(group_width.max())
-    f = math.ceil(math.log2(top - b0 + 1)) if top > b0 else 0
-    codes = np.empty((g, d), np.int64)
-    for w in range(1, max_width + 1):
-        rows = group_width == w
-        if rows.any():
-            codes[rows] = np.searchsorted(tables[w], blocks[rows].astype(np.int64))
-    payload = (_pack_stream(group_width - b0, np.full(g, f)) +
-               _pack_stream(codes.ravel(), np.repeat(group_width, d)))
-    counts = [tables[w].size if w in tables and (group_width == w).any() else 0 for w in range(1, 9)]
-    table_bytes = struct.pack("<8H", *counts) + b"".join(
-        tables[w].astype(np.int8).tobytes() for w in range(1, 9) if counts[w - 1])
-    return f, b0, payload, table_bytes, len(payload) + len(table_bytes)
+    best = None
+    for strategy in ("sets", "values"):
+        assigned = _assign_widths(unique, sizes, multiplicity, max_width, strategy)
+        if assigned is None:
+            continue
+        width, tables = assigned
+        group_width = width[inverse]
+        b0, top = int(group_width.min()), int(group_width.max())
+        f = math.ceil(math.log2(top - b0 + 1)) if top > b0 else 0
+        codes = np.empty((g, d), np.int64)
+        for w in range(1, max_width + 1):
+            rows = group_width == w
+            if rows.any():
+                codes[rows] = np.searchsorted(tables[w], blocks[rows].astype(np.int64))
+        payload = (_pack_stream(group_width - b0, np.full(g, f)) +
+                   _pack_stream(codes.ravel(), np.repeat(group_width, d)))
+        counts = [tables[w].size if w in tables and (group_width == w).any() else 0 for w in range(1, 9)]
+        table_bytes = struct.pack("<8H", *counts) + b"".join(
+            tables[w].astype(np.int8).tobytes() for w in range(1, 9) if counts[w - 1])
+        cost = len(payload) + len(table_bytes)
+        if best is None or cost < best[-1]:
+            best = (f, b0, payload, table_bytes, cost)
+    return best
 
 
 def _decode_varwidth(where: str, view, f: int, b0: int, payload: np.ndarray, table: np.ndarray) -> np.ndarray:
@@ -230,6 +258,16 @@ def _entry_name(model: Any, index: int) -> str:
 def has_entry(model: Any) -> bool:
     """Whether the model carries a ``tfq_codebook`` metadata entry."""
     return any(_entry_name(model, i) == METADATA_NAME.decode() for i in range(len(model.metadata or [])))
+
+
+def is_loaded(model: Any, length: int) -> bool:
+    """Whether a file with a descriptor is already loaded: its length is the declared ``dense_size`` (a
+    compressed file is always shorter, since its first weight starts at or after its end)."""
+    found = [i for i in range(len(model.metadata or [])) if _entry_name(model, i) == METADATA_NAME.decode()]
+    if len(found) != 1 or not 0 <= int(model.metadata[found[0]].buffer) < len(model.buffers or []):
+        return False
+    raw = _buffer_bytes(model, int(model.metadata[found[0]].buffer)).tobytes()
+    return len(raw) >= HEADER.size and HEADER.unpack_from(raw)[3] == length
 
 
 def _buffer_bytes(model: Any, index: int) -> np.ndarray:

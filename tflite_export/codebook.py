@@ -344,7 +344,8 @@ def compress(int8_flatbuffer: bytes, tensors: Any = None, *, max_bits: int = 8, 
     model = fb.read_model(content, "int8_flatbuffer")
     fb.check_references(model, "int8_flatbuffer")
     if _loader_layout.has_entry(model) or _kernel_layout.decode_codes(model):
-        raise ValueError("`int8_flatbuffer` is already compressed; pass the dense file (`decompress` gives it).")
+        raise ValueError("`int8_flatbuffer` is already compressed (or is a compressed file after loading); pass "
+                         "the dense file that was compressed.")
     external = [i for i, b in enumerate(model.buffers) if int(b.offset or 0) > 1]
     if external:
         raise ValueError(f"`int8_flatbuffer` stores buffers {external[:5]} outside the flatbuffer (offset > 1); "
@@ -416,6 +417,8 @@ def _read(content: Any, arg_name: str) -> tuple[bytes, Any, str]:
     model = fb.read_model(content, arg_name)
     fb.check_references(model, arg_name)
     loader, kernel = _loader_layout.has_entry(model), bool(_kernel_layout.nodes(model))
+    if loader and _loader_layout.is_loaded(model, len(content)):
+        return content, model, "dense"  # decompressed already: the weights follow the flatbuffer
     if loader and kernel:
         raise ValueError(f"`{arg_name}` has both a `tfq_codebook` descriptor and TfqCodebookDecode nodes; a "
                          f"compressed file uses one layout")

@@ -314,3 +314,80 @@ def test_truncated_file_is_a_value_error(compressed):
     content, _ = compressed
     with pytest.raises(ValueError, match="truncated or corrupt|not a TFLite"):
         decompress(content[:len(content) // 2])
+
+
+# --- decode nodes that would write into the model or run after a reader ---------------------------------
+
+
+def _output_holds_data(model, subgraph, op, attrs):
+    out = subgraph.tensors[op.outputs[0]]
+    fb.set_buffer_data(model, out.buffer, np.zeros(attrs["A"] * attrs["d"] * attrs["B"], np.uint8))
+
+
+def _output_on_buffer_zero(model, subgraph, op, attrs):
+    subgraph.tensors[op.outputs[0]].buffer = 0
+
+
+def _output_shares_a_buffer(model, subgraph, op, attrs):
+    other = next(t for t in subgraph.tensors if fb.buffer_data(model, t.buffer) is None and t.buffer != 0
+                 and t is not subgraph.tensors[op.outputs[0]])
+    other.buffer = subgraph.tensors[op.outputs[0]].buffer
+
+
+def _moved_after_reader(model, subgraph, op, attrs):
+    position = next(i for i, o in enumerate(subgraph.operators) if o is op)
+    reader = next(i for i, o in enumerate(subgraph.operators) if op.outputs[0] in list(o.inputs))
+    subgraph.operators.insert(reader + 1, subgraph.operators.pop(position))
+
+
+def _second_writer(model, subgraph, op, attrs):
+    reader = next(o for o in subgraph.operators if op.outputs[0] in list(o.inputs))
+    reader.outputs = np.asarray([op.outputs[0]], np.int32)
+
+
+def _graph_input(model, subgraph, op, attrs):
+    subgraph.inputs = np.asarray(list(subgraph.inputs) + [op.outputs[0]], np.int32)
+
+
+def _unnamed_output(model, subgraph, op, attrs):
+    subgraph.tensors[op.outputs[0]].name = None
+    return dict(attrs, K=0)
+
+
+def _undecodable_name(model, subgraph, op, attrs):
+    subgraph.tensors[op.outputs[0]].name = b"\xff\xfe weight"
+    return dict(attrs, K=0)
+
+
+HOSTILE = {
+    "output-holds-constant-data": (_output_holds_data, "own an empty buffer"),
+    "output-on-buffer-0": (_output_on_buffer_zero, "own an empty buffer"),
+    "output-buffer-shared": (_output_shares_a_buffer, "own an empty buffer"),
+    "decode-after-reader": (_moved_after_reader, "reads the decoded tensor before"),
+    "second-writer": (_second_writer, "also writes the decoded tensor"),
+    "output-is-graph-input": (_graph_input, "graph input"),
+    "unnamed-output": (_unnamed_output, "<unnamed>"),
+    "non-utf8-name": (_undecodable_name, "weight"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_decompress_rejects_hostile_decode_nodes(compressed, case):
+    edit, match = HOSTILE[case]
+    bad = edit_decode_node(compressed[0], edit)
+    with pytest.raises(ValueError, match=match):
+        decompress(bad)
+
+
+@pytest.mark.parametrize("what", ["buffer", "opcode", "input"])
+def test_references_out_of_range_are_value_errors(compressed, what):
+    def edit(model, subgraph, op, attrs):
+        if what == "buffer":
+            subgraph.tensors[op.inputs[0]].buffer = 10**6
+        elif what == "opcode":
+            op.opcodeIndex = 999
+        else:
+            op.inputs = np.asarray([op.inputs[0], 10**6], np.int32)
+    bad = edit_decode_node(compressed[0], edit)
+    with pytest.raises(ValueError, match="names buffer|operator code|tensor 1000000"):
+        decompress(bad)
