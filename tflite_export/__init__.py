@@ -14,8 +14,8 @@ The package attributes ``convert`` and ``inspect`` are the functions, which hide
 reach module-level helpers with ``from tflite_export.convert import is_qat_model``.
 """
 
-from tflite_export.codebook import (CompressionReport, TensorCompression, compress, decompress, is_compressed,
-                                    load_interpreter)
+from tflite_export.codebook import (CompressionReport, TensorCompression, compress, decompress, describe,
+                                    is_compressed, load_interpreter)
 from tflite_export.convert import ConversionError, convert
 from tflite_export.edgetpu import EdgeTpuReport
 from tflite_export.inspect import inspect
@@ -37,6 +37,7 @@ __all__ = [
     "compare_latency",
     "compress",
     "decompress",
+    "describe",
     "is_compressed",
     "load_interpreter",
     "CompressionReport",

@@ -302,6 +302,18 @@ def test_export_tflite_int8(digits):
     keras_acc = model.evaluate(digits.x_test, digits.y_test, verbose=0)[1]
     tflite_acc = np.mean(np.argmax(tflite_export.run(flatbuffer, digits.x_test), 1) == digits.y_test)
     assert abs(tflite_acc - keras_acc) < 0.03
+    # compressed: per-tensor int8 with each group's width kept (variable-width codes)
+    small = diffq.export_tflite(model, digits.x_train[:100], compressed=True)
+    per_tensor = diffq.export_tflite(model, digits.x_train[:100], per_channel=False)
+    assert len(small) < len(per_tensor)
+    (fc,) = [t for t in tflite_export.describe(small) if t.shape == (32, 288)]
+    group_size = diffq.diffq_layers(model)[1].group_size
+    learned = diffq.learned_bits(model)["fc/kernel"]
+    assert fc.bytes_after <= 1.05 * learned.sum() * group_size / 8 + 16 + 256
+    np.testing.assert_array_equal(tflite_export.run(tflite_export.decompress(small), digits.x_test),
+                                  tflite_export.run(per_tensor, digits.x_test))
+    with pytest.raises(ValueError, match="per-tensor weights"):
+        diffq.export_tflite(model, digits.x_train[:10], compressed=True, per_channel=True)
 
 
 def test_callback_warns_without_diffq_optimizer_and_plot(digits, tmp_path):

@@ -248,3 +248,34 @@ def test_functional_residual_model_with_depthwise():
     assert isinstance(kq.get_layer("a"), L.Conv2D) and set(report["layers"]) == {"b", "dw"}
     x = np.random.default_rng(0).normal(size=(2, 8, 8, 4)).astype("float32")
     np.testing.assert_allclose(to_dense_model(kq).predict(x, verbose=0), kq.predict(x, verbose=0), atol=1e-5)
+
+
+def test_export_tflite_compressed_keeps_kernels_shared_after_batch_norm(digits):
+    """Conv -> BN: the converter would fold BN into every output channel's kernels; the export turns the BN
+    into a 1x1 depthwise, so the file keeps K distinct kernels and compresses."""
+    import tflite_export
+    from tfq_ext.kq import export_tflite
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((8, 8, 1)), L.Conv2D(16, 3, padding="same", name="c1"),
+        L.Conv2D(32, 3, padding="same", use_bias=False, name="c2"), L.BatchNormalization(name="bn2"), L.ReLU(),
+        L.GlobalAveragePooling2D(), L.Dense(10, name="fc")])
+    model.compile(keras.optimizers.Adam(1e-2), LOSS)
+    model.fit(digits.x_train[:512], digits.y_train[:512], epochs=2, batch_size=64, verbose=0)
+    kq, report = quantize_kernels(model, n_codewords=8, min_kernels=64, finetune_epochs=0, verbose=0)
+    small = export_tflite(kq, digits.x_train[:100])
+    plain = export_tflite(kq, digits.x_train[:100], compressed=False)
+    assert tflite_export.codebook.layout_of(small) == "loader" and len(small) < len(plain)
+    (entry,) = [t for t in tflite_export.describe(small) if t.shape == (32, 3, 3, 16)]
+    assert entry.K <= 8 and entry.layout == (32, 9, 16)
+    dense = tflite_export.decompress(small)
+    report_file = tflite_export.verify(dense)
+    assert report_file.integer_only and report_file.delegate_partitions == 1
+    x = digits.x_test[:200]
+    keras_pred = np.argmax(kq.predict(x, verbose=0), 1)
+    assert np.mean(np.argmax(tflite_export.run(dense, x), 1) == keras_pred) > 0.95
+    with pytest.raises(ValueError, match="per_channel=False"):
+        export_tflite(kq, digits.x_train[:10], per_channel=True)
+    with pytest.raises(ValueError, match="no KQ layer"):
+        export_tflite(model, digits.x_train[:10])

@@ -234,12 +234,25 @@ def to_dense_model(model: keras.Model) -> keras.Model:
     return clone(model)
 
 
-def export_tflite(model: keras.Model, representative_data, *, per_channel: bool = True, **kwargs) -> bytes:
+def export_tflite(model: keras.Model, representative_data, *, per_channel: bool | None = None,
+                  compressed: bool = False, **kwargs) -> bytes:
     """Full-int8 TFLite flatbuffer of the quantized model (all learned bits must be <= 8).
 
     The dense model's weights are the DiffQ grid values; the converter then re-quantizes them to int8 with a
     symmetric scale per channel (or per tensor), which moves each weight by at most half an int8 step.
+
+    With ``compressed=True`` the file is ``tflite_export.compress``-ed: each group keeps its learned width in
+    the file (variable-width codes, loader layout), so its size follows :func:`true_size`. That needs one
+    int8 scale per tensor (``per_channel`` defaults to False then; per-channel scales give every output channel
+    its own grid). ``per_channel`` defaults to True otherwise.
     """
+    if not isinstance(compressed, bool):
+        raise TypeError(f"`compressed` must be True or False. Received: compressed={compressed!r}")
+    if compressed and per_channel:
+        raise ValueError("`compressed=True` needs per-tensor weights: per-channel scales give each output channel "
+                         "its own int8 grid, and the groups no longer share code tables. Received: "
+                         "per_channel=True")
+    per_channel = not compressed if per_channel is None else per_channel
     too_wide = {name: int(b.max()) for name, b in learned_bits(model).items() if b.max() > 8} \
         if any(isinstance(w, DiffQWrapper) for w in diffq_layers(model)) else {}
     too_wide.update({f"{w.layer.name}": w.bits for w in diffq_layers(model)
@@ -249,5 +262,6 @@ def export_tflite(model: keras.Model, representative_data, *, per_channel: bool 
                          f"Raise the size penalty, lower max_bits, or ship the packed export instead.")
     import tflite_export  # the deployment package; imported here so that training never needs it
 
-    return tflite_export.convert(to_dense_model(model), representative_data, per_channel=per_channel, **kwargs)
+    flatbuffer = tflite_export.convert(to_dense_model(model), representative_data, per_channel=per_channel, **kwargs)
+    return tflite_export.compress(flatbuffer) if compressed else flatbuffer
 

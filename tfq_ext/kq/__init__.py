@@ -5,6 +5,7 @@ from tfq_ext.kq.api import (
     KQReport,
     choose_codewords,
     conv_bits,
+    export_tflite,
     quantize_kernels,
     to_dense_model,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "check_codebook_bits",
     "choose_codewords",
     "conv_bits",
+    "export_tflite",
     "kq_bits",
     "quantize_kernels",
     "to_dense_model",

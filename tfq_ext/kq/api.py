@@ -25,8 +25,8 @@ from tfq_ext.kq.layers import KQ_LAYERS, SCALE_BITS, KQConv2D, KQDepthwiseConv2D
 from tfq_ext.ops.blocks import num_blocks, to_blocks
 from tfq_ext.ops.kmeans import clamp_k, kmeans
 
-__all__ = ["DEFAULT_BITS_PER_WEIGHT", "KQReport", "choose_codewords", "conv_bits", "quantize_kernels",
-           "to_dense_model"]
+__all__ = ["DEFAULT_BITS_PER_WEIGHT", "KQReport", "choose_codewords", "conv_bits", "export_tflite",
+           "quantize_kernels", "to_dense_model"]
 
 DEFAULT_BITS_PER_WEIGHT = 1.7
 
@@ -353,3 +353,42 @@ def to_dense_model(model: keras.Model) -> keras.Model:
     for name, values in weights.items():
         dense.get_layer(name).set_weights(values)
     return dense
+
+
+def export_tflite(model: keras.Model, representative_data, *, compressed: bool = True, **convert_kwargs) -> bytes:
+    """Full-int8 TFLite file of a KQ model; with ``compressed=True`` (default) the codebook-compressed file.
+
+    Per-tensor int8 weights (``per_channel=False``) keep identical kernels identical in the file. For the
+    compressed file, each BatchNormalization after a KQ convolution becomes a 1x1 depthwise convolution
+    (exact, and run by XNNPACK in int8) instead of being folded into the convolution by the converter, which
+    would scale every output channel's kernels by its own factor and break the sharing.
+
+    Args:
+        model: A model from :func:`quantize_kernels` (or any model with KQ layers).
+        representative_data: Calibration inputs for ``tflite_export.convert``.
+        compressed: Return ``tflite_export.compress`` of the file (loader layout: it runs at dense speed after
+            ``tflite_export.decompress`` or ``tfq_decompress`` in C).
+        **convert_kwargs: Passed to ``tflite_export.convert`` (``per_channel`` must stay False).
+
+    Returns:
+        The flatbuffer bytes.
+    """
+    import tflite_export  # the deployment package; imported here so that training never needs it
+    from tfq_ext.qat.float_lowering import batch_norms_as_depthwise
+
+    model = ensure_tf_keras_model(model, "model")
+    if not isinstance(compressed, bool):
+        raise TypeError(f"`compressed` must be True or False. Received: compressed={compressed!r}")
+    if convert_kwargs.get("per_channel", False):
+        raise ValueError("KQ files need per-tensor weights (`per_channel=False`): per-channel scales make the "
+                         "shared kernels differ in int8. Received: per_channel=True")
+    kq_names = {layer.name for layer in _walk(model.layers) if isinstance(layer, KQ_LAYERS)}
+    if not kq_names:
+        raise ValueError(f"`model` has no KQ layer; pass a model from `quantize_kernels`. Received: "
+                         f"model={model.name!r}")
+    dense = to_dense_model(model)
+    if compressed:
+        dense = batch_norms_as_depthwise(dense, kq_names)
+    convert_kwargs["per_channel"] = False
+    flatbuffer = tflite_export.convert(dense, representative_data, **convert_kwargs)
+    return tflite_export.compress(flatbuffer) if compressed else flatbuffer
