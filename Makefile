@@ -43,5 +43,21 @@ bench-data: $(STAMP)
 bench: $(STAMP) bench-data
 	$(PY) -m benchmarks.run
 
+# Opt-in (not part of `test`): the C loader (tflite_export/kernels/tfq_loader.c) built with AddressSanitizer and
+# UBSan as a command-line tool, run over valid, malformed and randomly mutated loader-layout files; any
+# sanitizer report or signal fails. $(SANITIZE_CC) must ship libasan/libubsan (gcc or clang).
+.PHONY: sanitize
+SANITIZE_CC ?= gcc
+KERNELS := tflite_export/kernels
+LOADER_ASAN := $(KERNELS)/build/tfq_loader_asan
+
+sanitize: $(STAMP)
+	mkdir -p $(KERNELS)/build
+	$(SANITIZE_CC) -std=c11 -g -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all \
+	  -Wall -Wextra -I$(KERNELS) $(KERNELS)/tfq_loader_main.c $(KERNELS)/tfq_loader.c $(KERNELS)/tfq_codebook_core.c \
+	  -o $(LOADER_ASAN)
+	TFQ_LOADER_ASAN=$(abspath $(LOADER_ASAN)) $(PY) -m pytest tests/tflite_export/test_loader_native.py -k sanitized \
+	  -p no:cacheprovider -rA
+
 clean:
 	rm -rf $(VENV) demo_out build *.egg-info

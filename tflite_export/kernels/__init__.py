@@ -11,6 +11,8 @@ Libraries (``kind``):
   ``libtensorflow_cc.so.2``; registered through ``InterpreterWithCustomOps`` by the name :data:`REGISTERER`.
 - ``"c_api_mock"``: the TFLite C API entry point (``tfq_codebook_decode_c_api.c``) with a test stand-in for
   the C API (``mock_tflite_c_api.c``); TensorFlow's wheel exports no C API to test it against.
+- ``"loader"``: ``tfq_codebook_core.c`` + ``tfq_loader.c``, plain C without TensorFlow: the loader that turns
+  a loader-layout compressed file into the dense model (``FORMAT.md``); :func:`decompress_native` calls it.
 
 Outputs go to ``tflite_export/kernels/build/`` (ignored by git), or to ``$TFQ_EXT_KERNEL_DIR`` /
 ``~/.cache/tfq_ext/kernels`` when the package folder is read-only. ``$CC`` and ``$CXX`` choose the compilers
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import numbers
 import os
 import shlex
 import shutil
@@ -30,7 +33,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-__all__ = ["REGISTERER", "KernelBuildError", "build_library", "load_library", "registerer", "main"]
+__all__ = ["REGISTERER", "KernelBuildError", "build_library", "load_library", "registerer",
+           "decompress_native", "main"]
 
 REGISTERER = "TfqCodebookDecodeRegister"
 _HERE = Path(__file__).resolve().parent
@@ -38,7 +42,12 @@ _HEADERS = ["tfq_codebook_core.h"]
 _SOURCES = {
     "tflite": ["tfq_codebook_core.c", "tfq_codebook_decode_tflite.cc"],
     "c_api_mock": ["tfq_codebook_core.c", "tfq_codebook_decode_c_api.c", "mock_tflite_c_api.c"],
+    "loader": ["tfq_codebook_core.c", "tfq_loader.c"],
 }
+# Headers hashed for a kind besides _HEADERS (kept per kind so that adding one rebuilds only its kind).
+_EXTRA_HEADERS = {"loader": ["tfq_loader.h"]}
+# Kinds built and linked with the C compiler alone (no C++ compiler needed).
+_C_ONLY = {"loader"}
 _CFLAGS = ["-std=c11", "-O2", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra"]
 _CXXFLAGS = ["-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra", "-fno-exceptions"]
 _LOCK = threading.Lock()
@@ -106,8 +115,8 @@ def build_library(kind: str = "tflite", *, force: bool = False) -> Path:
     """Compiles a kernel library unless an up-to-date one exists, and returns its path.
 
     Args:
-        kind: ``"tflite"`` (the kernel for TensorFlow's interpreter) or ``"c_api_mock"`` (the C API entry
-            point over a test stand-in).
+        kind: ``"tflite"`` (the kernel for TensorFlow's interpreter), ``"c_api_mock"`` (the C API entry
+            point over a test stand-in) or ``"loader"`` (the C loader of :func:`decompress_native`).
         force: Rebuild even if the library exists.
 
     Returns:
@@ -117,10 +126,11 @@ def build_library(kind: str = "tflite", *, force: bool = False) -> Path:
         KernelBuildError: No compiler, TensorFlow's library is missing, or compilation failed.
     """
     kind = _check_kind(kind)
-    cc, cxx = _compiler("CC", "gcc"), _compiler("CXX", "g++")
+    cc = _compiler("CC", "gcc")
+    cxx = None if kind in _C_ONLY else _compiler("CXX", "g++")
     link = _link_flags(kind)
     digest = hashlib.sha256()
-    for name in _HEADERS + _SOURCES[kind]:
+    for name in _HEADERS + _EXTRA_HEADERS.get(kind, []) + _SOURCES[kind]:
         digest.update(name.encode() + b"\0" + (_HERE / name).read_bytes())
     digest.update(repr((cc, cxx, _CFLAGS, _CXXFLAGS, link)).encode())
     out_dir = _output_dir()
@@ -137,7 +147,7 @@ def build_library(kind: str = "tflite", *, force: bool = False) -> Path:
                   "-o", obj])
             objects.append(obj)
         partial = os.path.join(scratch, target.name)
-        _run([*cxx, "-shared", *objects, "-o", partial, *link])
+        _run([*(cc if cxx is None else cxx), "-shared", *objects, "-o", partial, *link])
         os.replace(partial, target)  # atomic: a concurrent build or load never sees half a file
     for stale in out_dir.glob(f"libtfq_{kind}-*.so"):
         if stale != target:
@@ -167,10 +177,15 @@ def load_library(kind: str = "tflite") -> ctypes.CDLL:
             if kind == "tflite":
                 from tfq_ext._keras import tf  # noqa: F401  (loads libtensorflow_cc.so.2 first)
             path = build_library(kind)
+            # The loader is called through ctypes only: keep its symbols out of the global namespace.
+            mode = ctypes.RTLD_LOCAL if kind == "loader" else ctypes.RTLD_GLOBAL
             try:
-                _LOADED[kind] = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+                library = ctypes.CDLL(str(path), mode=mode)
             except OSError as exc:
                 raise KernelBuildError(f"Could not load the kernel library {path}: {exc}") from exc
+            if kind == "loader":
+                _declare_loader(library)
+            _LOADED[kind] = library
         return _LOADED[kind]
 
 
@@ -178,6 +193,80 @@ def registerer() -> str:
     """Loads the kernel and returns the registerer name for ``custom_op_registerers``."""
     load_library("tflite")
     return REGISTERER
+
+
+_ERR_LEN = 512
+
+
+def _declare_loader(library: ctypes.CDLL) -> None:
+    """ctypes signatures of the ``tfq_loader.h`` functions."""
+    size_t, size_p, char_p = ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t), ctypes.c_char_p
+    library.tfq_default_max_bytes.argtypes = [size_t]
+    library.tfq_default_max_bytes.restype = size_t
+    library.tfq_decompressed_size.argtypes = [char_p, size_t, size_t, size_p, char_p, size_t]
+    library.tfq_decompressed_size.restype = ctypes.c_int
+    library.tfq_decompress_into.argtypes = [char_p, size_t, size_t, ctypes.c_void_p, size_t, size_p, char_p,
+                                            size_t]
+    library.tfq_decompress_into.restype = ctypes.c_int
+    library.tfq_decompress.argtypes = [char_p, size_t, size_t, ctypes.POINTER(ctypes.c_void_p), size_p,
+                                       char_p, size_t]
+    library.tfq_decompress.restype = ctypes.c_int
+    library.tfq_free.argtypes = [ctypes.c_void_p]
+    library.tfq_free.restype = None
+
+
+def decompress_native(data: bytes, *, max_bytes: int | None = None) -> bytes:
+    """The dense model of a loader-layout compressed file, decoded by the C loader (``tfq_loader.c``).
+
+    The same bytes as :func:`tflite_export.decompress` gives for a loader-layout file, from the code an
+    Android app ships (see ``README.md`` in this folder). A file that is not compressed, or is loaded
+    already (as long as its descriptor's ``dense_size``), comes back unchanged; a kernel-layout file is
+    refused (use :func:`tflite_export.decompress`, or compress with ``layout="loader"``). The input is never
+    modified.
+
+    Args:
+        data: The bytes of the compressed TFLite file (``bytes``, ``bytearray`` or ``memoryview``).
+        max_bytes: Upper bound on the dense model's size, checked before anything is allocated; None gives
+            the loader's default ``max(16 MiB, 256 * len(data))``, which stops decompression bombs.
+
+    Returns:
+        The dense TFLite flatbuffer.
+
+    Raises:
+        TypeError: ``data`` is not bytes-like, or ``max_bytes`` is not an integer.
+        ValueError: ``max_bytes`` < 1, or the file is malformed (the message is the loader's, naming the
+            entry or buffer at fault).
+        KernelBuildError: The loader library could not be built.
+    """
+    if isinstance(data, (bytearray, memoryview)):
+        data = bytes(data)  # a private copy: the caller's object is never handed to C
+    if not isinstance(data, bytes):
+        hint = " To read a file, pass its bytes (`open(path, 'rb').read()`)." if isinstance(
+            data, (str, os.PathLike)) else ""
+        raise TypeError(f"`data` must be the bytes of a TFLite file (bytes, bytearray or memoryview).{hint} "
+                        f"Received: data of type {type(data).__name__}")
+    if max_bytes is not None:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, numbers.Integral):
+            raise TypeError(f"`max_bytes` must be an integer number of bytes or None (the default bound). "
+                            f"Received: max_bytes={max_bytes!r} (type {type(max_bytes).__name__})")
+        largest = 2 ** (8 * ctypes.sizeof(ctypes.c_size_t)) - 1
+        if not 1 <= max_bytes <= largest:
+            raise ValueError(f"`max_bytes` must be between 1 and {largest} (or None for the default bound). "
+                             f"Received: max_bytes={max_bytes}")
+        max_bytes = int(max_bytes)
+    library = load_library("loader")
+    out = ctypes.c_void_p()
+    out_len = ctypes.c_size_t()
+    err = ctypes.create_string_buffer(_ERR_LEN)
+    status = library.tfq_decompress(data, len(data), max_bytes or 0, ctypes.byref(out), ctypes.byref(out_len),
+                                    err, _ERR_LEN)
+    if status != 0:
+        raise ValueError(f"`data` cannot be decompressed: {err.value.decode('utf-8', 'replace')}. "
+                         f"Received: data of {len(data)} bytes")
+    try:
+        return ctypes.string_at(out.value, out_len.value) if out_len.value else b""
+    finally:
+        library.tfq_free(out)
 
 
 def main(argv: list[str] | None = None) -> int:
