@@ -250,9 +250,9 @@ def test_functional_residual_model_with_depthwise():
     np.testing.assert_allclose(to_dense_model(kq).predict(x, verbose=0), kq.predict(x, verbose=0), atol=1e-5)
 
 
-def test_export_tflite_compressed_keeps_kernels_shared_after_batch_norm(digits):
-    """Conv -> BN: the converter would fold BN into every output channel's kernels; the export turns the BN
-    into a 1x1 depthwise, so the file keeps K distinct kernels and compresses."""
+def test_batch_norm_is_folded_and_the_file_compresses(digits):
+    """Conv -> BN: KQ folds the BN into the conv first, so the int8 file keeps K distinct kernels per conv and
+    compresses; without folding the converter scales every output channel's kernels by its own factor."""
     import tflite_export
     from tfq_ext.kq import export_tflite
 
@@ -262,8 +262,10 @@ def test_export_tflite_compressed_keeps_kernels_shared_after_batch_norm(digits):
         L.Conv2D(32, 3, padding="same", use_bias=False, name="c2"), L.BatchNormalization(name="bn2"), L.ReLU(),
         L.GlobalAveragePooling2D(), L.Dense(10, name="fc")])
     model.compile(keras.optimizers.Adam(1e-2), LOSS)
-    model.fit(digits.x_train[:512], digits.y_train[:512], epochs=2, batch_size=64, verbose=0)
+    model.fit(digits.x_train[:512], digits.y_train[:512], epochs=3, batch_size=32, verbose=0)
+    x = digits.x_test[:200]
     kq, report = quantize_kernels(model, n_codewords=8, min_kernels=64, finetune_epochs=0, verbose=0)
+    assert not any(isinstance(layer, L.BatchNormalization) for layer in kq.layers)
     small = export_tflite(kq, digits.x_train[:100])
     plain = export_tflite(kq, digits.x_train[:100], compressed=False)
     assert tflite_export.codebook.layout_of(small) == "loader" and len(small) < len(plain)
@@ -272,9 +274,13 @@ def test_export_tflite_compressed_keeps_kernels_shared_after_batch_norm(digits):
     dense = tflite_export.decompress(small)
     report_file = tflite_export.verify(dense)
     assert report_file.integer_only and report_file.delegate_partitions == 1
-    x = digits.x_test[:200]
+    np.testing.assert_array_equal(tflite_export.run(dense, x), tflite_export.run(plain, x))
     keras_pred = np.argmax(kq.predict(x, verbose=0), 1)
-    assert np.mean(np.argmax(tflite_export.run(dense, x), 1) == keras_pred) > 0.95
+    assert np.mean(np.argmax(tflite_export.run(dense, x), 1) == keras_pred) > 0.9
+    unfolded, _ = quantize_kernels(model, n_codewords=8, min_kernels=64, finetune_epochs=0, verbose=0,
+                                   fold_batch_norm=False)
+    with pytest.raises(ValueError, match="fold_batch_norm=True"):
+        export_tflite(unfolded, digits.x_train[:10])
     with pytest.raises(ValueError, match="per_channel=False"):
         export_tflite(kq, digits.x_train[:10], per_channel=True)
     with pytest.raises(ValueError, match="no KQ layer"):

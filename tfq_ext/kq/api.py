@@ -220,7 +220,7 @@ def quantize_kernels(model: keras.Model, x=None, y=None, *, bits_per_weight: flo
                      min_kernels: int = 128, kept_bits: int = 8, exclude: Sequence[str] = (), n_iter: int = 20,
                      finetune_epochs: float = 1.0, batch_size: int = 128, optimizer=None, loss=None,
                      metrics=("accuracy",), train_other_layers: bool = True, validation_data=None, seed: int = 0,
-                     verbose: int = 1):
+                     fold_batch_norm: bool = True, verbose: int = 1):
     """Kernel quantization (KQ) of a trained CNN's Conv2D / DepthwiseConv2D layers.
 
     Every k x k kernel of an eligible layer (one (in, out) pair; one channel for depthwise) is clustered with
@@ -243,6 +243,9 @@ def quantize_kernels(model: keras.Model, x=None, y=None, *, bits_per_weight: flo
         train_other_layers: also fine-tune the layers that are not KQ (BN, Dense, kept convs); else only
             codebooks and KQ biases train.
         validation_data: (x, y) arrays on which accuracy is measured before and after fine-tuning.
+        fold_batch_norm: fold each BatchNormalization that follows a conv into it first (exact at inference),
+            so that the kernels are clustered as the int8 file stores them; otherwise the converter folds the
+            BN per output channel after KQ and shared kernels differ in the file (no compression).
 
     Returns:
         (kq_model, report): the quantized model (compiled) and a :class:`KQReport` with "layers" (K per layer),
@@ -251,6 +254,12 @@ def quantize_kernels(model: keras.Model, x=None, y=None, *, bits_per_weight: flo
     model = ensure_tf_keras_model(model, "model")
     codebook_bits = check_codebook_bits(codebook_bits)
     kept_bits = _check_kept_bits(kept_bits)
+    if not isinstance(fold_batch_norm, bool):
+        raise TypeError(f"`fold_batch_norm` must be True or False. Received: fold_batch_norm={fold_batch_norm!r}")
+    if fold_batch_norm and any(isinstance(layer, keras.layers.BatchNormalization) for layer in _walk(model.layers)):
+        from tfq_ext.qat.float_lowering import fold_batch_norms
+
+        model = fold_batch_norms(model)
     if bits_per_weight is not None and n_codewords is not None:
         raise ValueError("pass either `bits_per_weight` or `n_codewords`, not both. Received: "
                          f"bits_per_weight={bits_per_weight!r}, n_codewords={n_codewords!r}")
@@ -358,23 +367,25 @@ def to_dense_model(model: keras.Model) -> keras.Model:
 def export_tflite(model: keras.Model, representative_data, *, compressed: bool = True, **convert_kwargs) -> bytes:
     """Full-int8 TFLite file of a KQ model; with ``compressed=True`` (default) the codebook-compressed file.
 
-    Per-tensor int8 weights (``per_channel=False``) keep identical kernels identical in the file. For the
-    compressed file, each BatchNormalization after a KQ convolution becomes a 1x1 depthwise convolution
-    (exact, and run by XNNPACK in int8) instead of being folded into the convolution by the converter, which
-    would scale every output channel's kernels by its own factor and break the sharing.
+    Per-tensor int8 weights (``per_channel=False``) keep identical kernels identical in the file; the loader
+    layout of ``tflite_export.compress`` then runs at dense speed after ``tflite_export.decompress`` (or
+    ``tfq_decompress`` in C).
 
     Args:
         model: A model from :func:`quantize_kernels` (or any model with KQ layers).
         representative_data: Calibration inputs for ``tflite_export.convert``.
-        compressed: Return ``tflite_export.compress`` of the file (loader layout: it runs at dense speed after
-            ``tflite_export.decompress`` or ``tfq_decompress`` in C).
+        compressed: Return ``tflite_export.compress`` of the file.
         **convert_kwargs: Passed to ``tflite_export.convert`` (``per_channel`` must stay False).
 
     Returns:
         The flatbuffer bytes.
+
+    Raises:
+        ValueError: ``per_channel=True``, no KQ layer, or (for a compressed file) a BatchNormalization after a
+            KQ convolution, which the converter would fold per output channel (quantize with
+            ``fold_batch_norm=True``).
     """
     import tflite_export  # the deployment package; imported here so that training never needs it
-    from tfq_ext.qat.float_lowering import batch_norms_as_depthwise
 
     model = ensure_tf_keras_model(model, "model")
     if not isinstance(compressed, bool):
@@ -382,13 +393,18 @@ def export_tflite(model: keras.Model, representative_data, *, compressed: bool =
     if convert_kwargs.get("per_channel", False):
         raise ValueError("KQ files need per-tensor weights (`per_channel=False`): per-channel scales make the "
                          "shared kernels differ in int8. Received: per_channel=True")
-    kq_names = {layer.name for layer in _walk(model.layers) if isinstance(layer, KQ_LAYERS)}
-    if not kq_names:
+    kq_layers = [layer for layer in _walk(model.layers) if isinstance(layer, KQ_LAYERS)]
+    if not kq_layers:
         raise ValueError(f"`model` has no KQ layer; pass a model from `quantize_kernels`. Received: "
                          f"model={model.name!r}")
-    dense = to_dense_model(model)
     if compressed:
-        dense = batch_norms_as_depthwise(dense, kq_names)
+        kq_outputs = {id(layer.output) for layer in kq_layers if layer._inbound_nodes}
+        after = [layer.name for layer in _walk(model.layers) if isinstance(layer, keras.layers.BatchNormalization)
+                 and layer._inbound_nodes and id(layer.input) in kq_outputs]
+        if after:
+            raise ValueError(f"BatchNormalization layers {after} follow KQ convolutions: the converter folds them "
+                             f"per output channel, so the shared kernels differ in the file. Quantize with "
+                             f"`quantize_kernels(..., fold_batch_norm=True)` (the default).")
     convert_kwargs["per_channel"] = False
-    flatbuffer = tflite_export.convert(dense, representative_data, **convert_kwargs)
+    flatbuffer = tflite_export.convert(to_dense_model(model), representative_data, **convert_kwargs)
     return tflite_export.compress(flatbuffer) if compressed else flatbuffer

@@ -18,12 +18,11 @@ from tfq_ext._keras import keras
 from tfq_ext.qat.build import deserialize_layer, load_weights, named_weights, rebuild
 from tfq_ext.qat.configs import KERNEL_LAYOUTS, OUTPUT_LAYERS, PASSTHROUGH_LAYERS
 from tfq_ext.qat.graph import Graph, flatten_model
-from tfq_ext.qat.lowering import (_replace_with_depthwise, clip_as_relu6, drop_identities, expand_activations,
-                                  fold_layer_scale, fold_scalar_ops, lower_for_delegate,
-                                  per_channel_affine_as_depthwise)
+from tfq_ext.qat.lowering import (clip_as_relu6, drop_identities, expand_activations, fold_layer_scale,
+                                  fold_scalar_ops, lower_for_delegate, per_channel_affine_as_depthwise)
 from tfq_ext.qat.rewrite import bn_arrays, fuse_relu, split_activation, split_separable
 
-__all__ = ["lower_for_xnnpack", "batch_norms_as_depthwise"]
+__all__ = ["lower_for_xnnpack", "fold_batch_norms"]
 
 # What the float rewrites know; a model with anything else is returned as it is.
 _KNOWN = set(KERNEL_LAYOUTS) | OUTPUT_LAYERS | PASSTHROUGH_LAYERS | {
@@ -113,34 +112,13 @@ def _rebuild(graph: Graph) -> keras.Model:
     return rebuilt
 
 
-def batch_norms_as_depthwise(model, after) -> keras.Model:
-    """A copy of ``model`` in which each BatchNormalization that reads one of the layers named in ``after`` is a
-    1x1 DepthwiseConv2D with the same per-channel scale and offset (inference statistics).
+def fold_batch_norms(model) -> keras.Model:
+    """A copy of ``model`` with every BatchNormalization that follows a Conv2D / DepthwiseConv2D / Dense (linear
+    activation, no other reader) folded into that layer's kernel and bias, with its inference statistics.
 
-    The converter folds a BatchNormalization into the convolution before it, multiplying each output channel's
-    kernels by its own factor; kernels shared through a codebook then differ in the file. A depthwise
-    convolution is not folded, runs in XNNPACK in int8, and leaves the shared kernels as they are.
+    The outputs equal the model's up to float rounding. Methods that share kernels between output channels
+    (KQ) cluster the folded kernels, so that the converter's own folding cannot make shared kernels differ.
     """
     graph = flatten_model(model)
-    after = set(after)
-    for name in list(graph.nodes):
-        node = graph.nodes[name]
-        if node.class_name != "BatchNormalization" or len(node.calls) != 1:
-            continue
-        producers = {ref[0] for ref in _input_refs(node)}
-        shape = graph.ref_shape(next(iter(_input_refs(node)), None)) if producers else None
-        axis = node.config.get("axis", -1)
-        axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
-        if not producers & after or shape is None or len(shape) != 4 or axis not in (-1, 3):
-            continue
-        gamma, beta, mean, var = bn_arrays(node.source.get_weights(), node.config.get("scale", True),
-                                           node.config.get("center", True), int(shape[-1]))
-        factor = gamma / np.sqrt(var + node.config.get("epsilon", 1e-3))
-        _replace_with_depthwise(node, factor, beta - mean * factor)
+    _fold_batch_norms_float(graph)
     return _rebuild(graph)
-
-
-def _input_refs(node) -> list:
-    from tfq_ext.qat.graph import iter_refs
-
-    return [ref for call in node.calls for ref in iter_refs(call)]
