@@ -315,9 +315,9 @@ def entries(model: Any, length: int) -> tuple[list[Entry], int]:
         if bad:
             raise ValueError(f"{where}: buffer indices {bad} are out of range for {buffers} buffers. Received: "
                              f"target={target}, payload={payload}, table={table}")
-        if len({target, payload, table}) != 3 or target in targets:
-            raise ValueError(f"{where}: target, payload and table must be distinct buffers, and no buffer is the "
-                             f"target of two entries")
+        if target in (payload, table) or target in targets:
+            raise ValueError(f"{where}: the target must be distinct from the payload and table buffers, and no "
+                             f"buffer is the target of two entries")
         buffer = model.buffers[target]
         if fb.buffer_data(model, target) is not None or int(buffer.offset) != at or int(buffer.size) != size:
             raise ValueError(f"{where}: the target buffer must hold no data and its offset/size fields must equal "

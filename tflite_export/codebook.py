@@ -416,7 +416,8 @@ def _read(content: Any, arg_name: str) -> tuple[bytes, Any, str]:
     content = check_flatbuffer(content, arg_name)
     model = fb.read_model(content, arg_name)
     fb.check_references(model, arg_name)
-    loader, kernel = _loader_layout.has_entry(model), bool(_kernel_layout.nodes(model))
+    # a TfqCodebookDecode operator code (even without a node) marks the kernel layout, as in tfq_loader.c
+    loader, kernel = _loader_layout.has_entry(model), bool(_kernel_layout.decode_codes(model))
     if loader and _loader_layout.is_loaded(model, len(content)):
         return content, model, "dense"  # decompressed already: the weights follow the flatbuffer
     if loader and kernel:

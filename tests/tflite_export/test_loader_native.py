@@ -721,9 +721,8 @@ def test_native_matches_python_decompress(compressible, probe):
         kernels.decompress_native(kernel_layout)
 
 
-# Bad files that tflite_export.decompress loads: FORMAT.md calls a file with a TfqCodebookDecode operator code
-# kernel layout (the C loader refuses it); Python looks for TfqCodebookDecode nodes, and this file has the
-# operator code but no node, so Python returns it unchanged.
+# Files the C loader refuses and tflite_export.decompress loads: a TfqCodebookDecode operator code marks the
+# kernel layout, which only Python decompresses (here there is no decode node, so it only drops the code).
 PYTHON_ACCEPTS = {"kernel-layout"}
 
 
