@@ -3,7 +3,10 @@ import json
 import numpy as np
 import pytest
 
+from tests.tflite_export import test_codebook
 from tfq_ext.cli import main
+
+codebook_int8 = test_codebook.codebook_int8  # session fixture shared with test_codebook
 
 
 def test_demo_writes_files_and_report(tmp_path, capsys):
@@ -44,3 +47,21 @@ def test_export_and_inspect(tmp_path, capsys, digits):
 def test_cli_bad_paths(argv, match):
     with pytest.raises((SystemExit, FileNotFoundError, ValueError), match=match):
         main(argv)
+
+
+def test_inspect_a_compressed_file(tmp_path, capsys, codebook_int8):
+    from tflite_export import compress
+
+    path = tmp_path / "compressed.tflite"
+    path.write_bytes(compress(codebook_int8, layout="loader"))
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "Compressed file (loader layout" in out and "compressed (loader layout): 3 weights" in out
+    assert "encoding" in out and "codebook" in out and "XNNPACK: 8/8 nodes in 1 partition(s)" in out
+
+
+def test_inspect_a_malformed_file_exits_with_its_message(tmp_path):
+    path = tmp_path / "hostile.tflite"
+    path.write_bytes(b"\x10\x00\x00\x00TFL3" + bytes(range(40)))
+    with pytest.raises(SystemExit, match="tfq-ext inspect: "):
+        main(["inspect", str(path)])

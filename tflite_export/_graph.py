@@ -4,6 +4,10 @@ The interpreter is created with ``BUILTIN_WITHOUT_DEFAULT_DELEGATES`` and never 
 kernel scratch tensors (e.g. the im2col buffer of CONV_2D) that are not part of the file, and the default
 XNNPACK delegate would append DELEGATE nodes. What is read here is exactly what the file holds for
 subgraph 0, plus the tensor dtypes of any further subgraphs (control flow bodies).
+
+Names are whatever bytes the file holds: a tensor name or custom op code that is not UTF-8 is read with
+U+FFFD replacement characters (the interpreter's own accessors would raise ``UnicodeDecodeError``), and a
+missing name reads as ``""`` (:func:`display_name` gives ``<unnamed>`` for messages).
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TFLITE_IDENTIFIER", "check_flatbuffer", "StaticGraph", "load_static_graph", "dtype_name"]
+__all__ = ["TFLITE_IDENTIFIER", "check_flatbuffer", "StaticGraph", "load_static_graph", "dtype_name",
+           "display_name", "readable_names"]
 
 TFLITE_IDENTIFIER = b"TFL3"
 
@@ -51,6 +56,47 @@ def check_flatbuffer(value: Any, arg_name: str) -> bytes:
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def display_name(name: Any, placeholder: str = "<unnamed>") -> str:
+    """A tensor or op name for messages: bytes are decoded as UTF-8 with replacement characters; a missing or
+    empty name gives ``placeholder``."""
+    if isinstance(name, (bytes, bytearray, memoryview)):
+        name = bytes(name).decode("utf-8", "replace")
+    return str(name) if name else placeholder
+
+
+class _ReadableNames:
+    """Stands in for an interpreter's native wrapper (``interpreter._interpreter``) and answers ``TensorName`` /
+    ``NodeName`` with U+FFFD for bytes that are not UTF-8, where the wrapper raises ``UnicodeDecodeError``.
+    Every other attribute is the wrapper's own."""
+
+    def __init__(self, native: Any):
+        self._native = native
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._native, name)
+
+    def _name(self, method: str, *args: Any) -> str:
+        try:
+            return getattr(self._native, method)(*args)
+        except UnicodeDecodeError as exc:  # the undecodable bytes travel in the exception
+            return bytes(exc.object).decode("utf-8", "replace")
+
+    def TensorName(self, *args: Any) -> str:  # noqa: N802  (the wrapper's method name)
+        return self._name("TensorName", *args)
+
+    def NodeName(self, *args: Any) -> str:  # noqa: N802
+        return self._name("NodeName", *args)
+
+
+def readable_names(interpreter: Any) -> Any:
+    """Makes an interpreter that is only listed, never run, read names that are not UTF-8 (see the module
+    docstring); returns it. Interpreters handed to callers keep their native wrapper."""
+    native = getattr(interpreter, "_interpreter", None)
+    if native is not None and not isinstance(native, _ReadableNames):
+        interpreter._interpreter = _ReadableNames(native)
+    return interpreter
 
 
 def dtype_name(dtype: Any) -> str:
@@ -116,11 +162,18 @@ def load_static_graph(content: bytes, custom_op_registerers: list | None = None)
 
     Returns:
         The :class:`StaticGraph` of the flatbuffer.
+
+    Raises:
+        ValueError: The interpreter cannot read the flatbuffer (TFLite's message says why).
     """
     from tflite_export.runtime import make_interpreter
 
-    interpreter = make_interpreter(content, use_xnnpack=False, custom_op_registerers=custom_op_registerers,
-                                   allocate=False)
+    try:
+        interpreter = make_interpreter(content, use_xnnpack=False, custom_op_registerers=custom_op_registerers,
+                                       allocate=False)
+    except RuntimeError as exc:
+        raise ValueError(f"`content`: the TFLite interpreter cannot read it: {' '.join(str(exc).split())}") from exc
+    readable_names(interpreter)
     tensors = {d["index"]: d for d in interpreter.get_tensor_details(0)}
     ops = []
     for op in interpreter._get_ops_details():  # the only listing of nodes the Python API offers

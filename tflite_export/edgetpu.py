@@ -18,10 +18,18 @@ below allows, per op, the highest version whose minimum TFLite runtime is 2.5.0 
 this errs on the conservative side. Versions above these add int16 or other non-8-bit types anyway.
 
 Not in Coral's table and therefore reported unsupported although TFLite has int8 kernels: HARD_SWISH, GATHER,
-DEQUANTIZE (accepted only as the graph's last op, where it runs on the CPU), and every CUSTOM op. A
-``TfqCodebookDecode`` node (a file from ``tflite_export.codebook.compress``) is reported as needing
-``tflite_export.decompress`` first. The check is necessary, not sufficient: limits that depend on values
-(e.g. SOFTMAX on at most 16,000 elements, RESIZE_* precision) are left to the compiler.
+DEQUANTIZE (accepted only as the graph's last op, where it runs on the CPU), and every CUSTOM op. The check is
+necessary, not sufficient: limits that depend on values (e.g. SOFTMAX on at most 16,000 elements, RESIZE_*
+precision) are left to the compiler.
+
+A compressed file (``tflite_export.compress``, either layout) cannot go to the compiler as it is: the report
+says ``needs_decompress``, lists the compressed weights, and checks the decompressed model (in memory), so that
+``compatible_after_decompress`` is the verdict for ``tflite_export.decompress(file)``. In a kernel-layout file
+the ``TfqCodebookDecode`` nodes are listed with status ``"needs-decompress"`` and every other op with its status
+in the decompressed model; a loader-layout file has the ops of the decompressed model.
+
+A malformed file (an operator-code, tensor or buffer index out of range, malformed compressed weights) raises
+``ValueError`` naming the operator, tensor or buffer; tensor names that are not UTF-8 are shown with U+FFFD.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from tflite_export import flatbuffer as fb
-from tflite_export._graph import check_flatbuffer
+from tflite_export._graph import check_flatbuffer, display_name
 
 __all__ = ["SUPPORTED_OPS", "OpStatus", "EdgeTpuReport", "check"]
 
@@ -79,22 +87,33 @@ class EdgeTpuReport:
     """Edge TPU compatibility of a flatbuffer.
 
     Attributes:
-        ops: One :class:`OpStatus` per operator of subgraph 0, in execution order.
-        model_issues: Problems of the file as a whole (e.g. several subgraphs).
+        ops: One :class:`OpStatus` per operator of subgraph 0, in execution order (for a compressed file, see the
+            module docstring).
+        model_issues: Problems of the (decompressed) model as a whole (e.g. several subgraphs).
+        layout: ``"dense"``, or the layout of a compressed file (``"loader"`` or ``"kernel"``).
+        compressed_weights: ``tflite_export.TensorCompression`` per compressed weight; empty for a dense file.
     """
 
     ops: list[OpStatus]
     model_issues: list[str]
+    layout: str = "dense"
+    compressed_weights: list = dataclasses.field(default_factory=list)
 
     @property
     def compatible(self) -> bool:
-        """True if every op maps to the Edge TPU or is a boundary op on the CPU, and the file has no issue."""
-        return not self.model_issues and all(o.status in ("ok", "cpu") for o in self.ops)
+        """True if the file can go to the compiler as it is: not compressed, every op maps to the Edge TPU or
+        is a boundary op on the CPU, and the model has no issue."""
+        return not self.needs_decompress and self.compatible_after_decompress
+
+    @property
+    def compatible_after_decompress(self) -> bool:
+        """The verdict for the decompressed model (equal to ``compatible`` for a dense file)."""
+        return not self.model_issues and all(o.status in ("ok", "cpu", "needs-decompress") for o in self.ops)
 
     @property
     def needs_decompress(self) -> bool:
-        """True if the file holds TfqCodebookDecode nodes (run ``tflite_export.decompress`` first)."""
-        return any(o.status == "needs-decompress" for o in self.ops)
+        """True for a compressed file of either layout: run ``tflite_export.decompress`` first."""
+        return self.layout != "dense" or any(o.status == "needs-decompress" for o in self.ops)
 
     @property
     def unsupported(self) -> list[OpStatus]:
@@ -102,10 +121,17 @@ class EdgeTpuReport:
         return [o for o in self.ops if o.status in ("unsupported", "needs-decompress")]
 
     def __str__(self) -> str:
-        verdict = "compatible" if self.compatible else (
-            "needs tflite_export.decompress first" if self.needs_decompress else "NOT compatible")
+        if self.needs_decompress:
+            verdict = (f"needs tflite_export.decompress first ({self.layout} layout, {len(self.compressed_weights)} "
+                       f"compressed weights); the decompressed model is "
+                       f"{'compatible' if self.compatible_after_decompress else 'NOT compatible'}")
+        else:
+            verdict = "compatible" if self.compatible else "NOT compatible"
         lines = [f"Edge TPU check: {verdict} ({len(self.ops)} ops, {len(self.unsupported)} blocking)"]
         lines += [f"  model: {issue}" for issue in self.model_issues]
+        for w in self.compressed_weights:
+            lines.append(f"  compressed weight {w.name!r} {list(w.shape)}: {w.encoding}, {w.bits} bits, K={w.K}, "
+                         f"{w.bytes_before} -> {w.bytes_after} bytes")
         for o in self.ops:
             note = "; ".join(o.reasons)
             lines.append(f"  {o.index:4d} {o.op:28s} v{o.version:<3d} {o.status:16s} {note}".rstrip())
@@ -113,13 +139,15 @@ class EdgeTpuReport:
 
 
 def _is_constant(model: Any, tensor: Any) -> bool:
-    return fb.buffer_data(model, tensor.buffer) is not None
+    """Whether a tensor holds data from the file: in its buffer, or outside the flatbuffer (offset > 1)."""
+    buffer = model.buffers[tensor.buffer]
+    return fb.buffer_data(model, tensor.buffer) is not None or int(buffer.offset or 0) > 1
 
 
 def _tensor_issues(model: Any, subgraph: Any, index: int, role: str, boundary_float: set[int]) -> list[str]:
     """Dtype, static-shape and rank problems of one tensor read or written by an op."""
     tensor = subgraph.tensors[index]
-    name = tensor.name.decode("utf-8", "replace")
+    name = display_name(tensor.name)
     name = name if len(name) <= 60 else "..." + name[-57:]
     dtype = fb.tensor_type_name(tensor.type)
     constant = _is_constant(model, tensor)
@@ -148,18 +176,53 @@ def _tensor_issues(model: Any, subgraph: Any, index: int, role: str, boundary_fl
 def check(flatbuffer: bytes) -> EdgeTpuReport:
     """Checks a flatbuffer against the Edge TPU compiler's model requirements.
 
+    A compressed file is decompressed in memory (see the module docstring).
+
     Args:
         flatbuffer: A TFLite flatbuffer.
 
     Returns:
-        An :class:`EdgeTpuReport`; ``.compatible`` is the verdict, ``str(report)`` lists every op.
+        An :class:`EdgeTpuReport`; ``.compatible`` is the verdict for the file as it is,
+        ``.compatible_after_decompress`` the one for its decompressed model, ``str(report)`` lists every op.
 
     Raises:
         TypeError: ``flatbuffer`` is not bytes.
-        ValueError: Not a TFLite flatbuffer.
+        ValueError: Not a TFLite flatbuffer, a reference (operator code, tensor, buffer) points nowhere, or the
+            compressed weights are malformed; the message names the operator, tensor, node or entry.
     """
+    from tflite_export.report import read_compressed
+
     content = check_flatbuffer(flatbuffer, "flatbuffer")
     model = fb.read_model(content, "flatbuffer")
+    fb.check_references(model, "flatbuffer")
+    dense, layout, weights = read_compressed(content)
+    if layout == "dense":
+        return _check_dense(model)
+    report = _check_dense(fb.read_model(dense, "flatbuffer"))
+    if layout == "kernel":
+        report = dataclasses.replace(report, ops=_with_decode_nodes(model, report.ops))
+    return dataclasses.replace(report, layout=layout, compressed_weights=list(weights))
+
+
+def _with_decode_nodes(model: Any, dense_ops: list[OpStatus]) -> list[OpStatus]:
+    """The ops of a kernel-layout file: its decode nodes, and the others with their status in the decompressed
+    model (decompress removes the decode nodes and keeps the order of the rest)."""
+    statuses, rest = [], iter(dense_ops)
+    for position, op in enumerate(model.subgraphs[0].operators or []):
+        name = fb.op_name(model, op)
+        version = int(model.operatorCodes[op.opcodeIndex].version)
+        if name == _DECODE_OP:
+            statuses.append(OpStatus(position, name, version, "needs-decompress",
+                                     ("codebook-compressed weight: run tflite_export.decompress first",)))
+        else:
+            dense = next(rest, None)
+            statuses.append(OpStatus(position, name, version, "unsupported", ("missing from the decompressed model",))
+                            if dense is None else dataclasses.replace(dense, index=position))
+    return statuses
+
+
+def _check_dense(model: Any) -> EdgeTpuReport:
+    """The report of a parsed model whose references were checked."""
     issues = []
     if len(model.subgraphs) > 1:
         issues.append(f"{len(model.subgraphs)} subgraphs (control flow); the Edge TPU compiler maps one")
@@ -173,10 +236,6 @@ def check(flatbuffer: bytes) -> EdgeTpuReport:
         version = int(model.operatorCodes[op.opcodeIndex].version)
         inputs = [int(i) for i in (op.inputs if op.inputs is not None else []) if i >= 0]
         outputs = [int(i) for i in (op.outputs if op.outputs is not None else []) if i >= 0]
-        if name == _DECODE_OP:
-            statuses.append(OpStatus(position, name, version, "needs-decompress",
-                                     ("codebook-compressed weight: run tflite_export.decompress first",)))
-            continue
         reasons, boundary_float, status = [], set(), "ok"
         is_float_input = [fb.tensor_type_name(subgraph.tensors[i].type).startswith("FLOAT") for i in inputs]
         if name == "QUANTIZE" and inputs and inputs[0] in graph_inputs and is_float_input[0]:

@@ -3,6 +3,9 @@
 Prints the nodes in execution order with operand dtypes and shapes and whether XNNPACK runs each, the
 constant buffers (weights, biases, shapes) with their sizes, then the :class:`ConversionReport` table (I/O
 quantization, op and dtype histograms, delegation summary).
+
+A compressed file (``tflite_export.compress``, either layout) is decompressed in memory: its compressed
+weights are listed first, and the listing is of the dense model it loads as.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from tflite_export._graph import StaticGraph, check_flatbuffer, dtype_name, load_static_graph
-from tflite_export.report import ConversionReport, build_report
+from tflite_export.report import ConversionReport, build_report, read_compressed, with_compression
 from tflite_export.runtime import _delegated_nodes
 
 __all__ = ["inspect"]
@@ -63,15 +66,27 @@ def inspect(path_or_bytes: Any, file: TextIO | None = None) -> ConversionReport:
     Raises:
         FileNotFoundError: The path names no file.
         TypeError: ``path_or_bytes`` is neither a path nor bytes.
-        ValueError: The content is not a TFLite flatbuffer (no ``TFL3`` identifier at bytes 4..8).
+        ValueError: The content is not a TFLite flatbuffer (no ``TFL3`` identifier at bytes 4..8), the
+            interpreter cannot read it, or it is a malformed compressed file (the message names the node, entry
+            or tensor).
     """
     out = sys.stdout if file is None else file
     content = _read(path_or_bytes)
-    graph = load_static_graph(content)
+    dense, layout, weights = read_compressed(content)
+    graph = load_static_graph(dense)
     float_io = any(np.issubdtype(np.dtype(d["dtype"]), np.floating)
                    for d in graph.input_details + graph.output_details)
-    report = build_report(content, graph, float_io)
-    _, delegated, _ = _delegated_nodes(content)
+    report = with_compression(build_report(dense, graph, float_io), len(content), layout, weights)
+    _, delegated, _ = _delegated_nodes(dense)
+
+    if layout != "dense":
+        stored = sum(w.bytes_after for w in weights)
+        dense_bytes = sum(w.bytes_before for w in weights)
+        how = ("TfqCodebookDecode nodes, removed in the listing below" if layout == "kernel"
+               else "weights stored past the end of the flatbuffer")
+        print(f"Compressed file ({layout} layout, {how}): {len(content):,} bytes, {len(dense):,} bytes "
+              f"decompressed; {len(weights)} compressed weights, {dense_bytes:,} -> {stored:,} bytes (table at the "
+              f"end). The listing is of the decompressed model.", file=out)
 
     print(f"Ops in execution order ({len(graph.ops)} nodes):", file=out)
     print(f"  {'#':>3} {'op':<22} {'xnnpack':<7}  inputs -> outputs", file=out)

@@ -11,6 +11,9 @@ The dtype rule for a full-integer model:
 - Any float tensor is a violation, except, when ``float_io=True``, a float graph input that only QUANTIZE
   nodes read and a float graph output that a DEQUANTIZE node writes: the converter's float-interface wrapper.
 - Tensors of further subgraphs (control flow bodies) are checked by dtype only; any float one is a violation.
+
+A compressed file (``tflite_export.compress``, either layout) is decompressed in memory first: the report
+lists its compressed weights (``compressed_weights``) and checks the dense model it loads as.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import numpy as np
 
 from tflite_export._graph import StaticGraph, check_flatbuffer, dtype_name, load_static_graph
 
-__all__ = ["ConversionReport", "verify", "tensor_violations", "build_report"]
+__all__ = ["ConversionReport", "verify", "tensor_violations", "build_report", "read_compressed",
+           "with_compression", "compressed_weights_table"]
 
 _INTEGER_OK = {"int8", "int32"}
 _CONSTANT_ONLY = {"int16", "int64", "bool"}
@@ -46,6 +50,11 @@ class ConversionReport:
         disallowed_tensors: ``(name, dtype, reason)`` of non-float tensors that break it.
         weight_bytes: Bytes of all constant tensors (weights, biases, shapes).
         float_io: Whether float graph inputs/outputs were allowed.
+        layout: ``"dense"``, or the layout of a compressed file (``"loader"`` or ``"kernel"``); for a compressed
+            file every other field but ``size_bytes`` describes the decompressed model.
+        compressed_weights: ``tflite_export.TensorCompression`` per compressed weight (name, shape, encoding,
+            bits, K, bytes before and after); empty for a dense file.
+        dense_size_bytes: Size of the decompressed model (equal to ``size_bytes`` for a dense file).
     """
 
     size_bytes: int
@@ -61,6 +70,9 @@ class ConversionReport:
     disallowed_tensors: list[tuple[str, str, str]]
     weight_bytes: int
     float_io: bool = False
+    layout: str = "dense"
+    compressed_weights: list = dataclasses.field(default_factory=list)
+    dense_size_bytes: int = 0
 
     @property
     def integer_only(self) -> bool:
@@ -90,6 +102,12 @@ class ConversionReport:
             f"TFLite flatbuffer: {self.size_bytes:,} bytes, weights {self.weight_bytes:,} bytes, "
             f"{'integer-only' if self.integer_only else 'NOT integer-only'}"
             f"{' (float I/O allowed)' if self.float_io else ''}",
+        ]
+        if self.layout != "dense":
+            lines.append(f"  compressed ({self.layout} layout): {len(self.compressed_weights)} weights; the checks "
+                         f"below are of the decompressed model ({self.dense_size_bytes:,} bytes)")
+            lines += ["  " + line for line in compressed_weights_table(self.compressed_weights)]
+        lines += [
             f"  {'tensor':<7} {'name':<32} {'dtype':<8} {'shape':<16} quantization",
             *(io_row("input", d) for d in self.inputs),
             *(io_row("output", d) for d in self.outputs),
@@ -103,6 +121,32 @@ class ConversionReport:
         lines += [f"  FLOAT TENSOR: {name} ({dtype})" for name, dtype in self.float_tensors]
         lines += [f"  DISALLOWED: {name} ({dtype}): {why}" for name, dtype, why in self.disallowed_tensors]
         return "\n".join(lines)
+
+
+def compressed_weights_table(weights: list) -> list[str]:
+    """Lines of a table of ``TensorCompression`` entries: name, shape, encoding, view, bits, K, bytes."""
+    lines = [f"{'bytes':>9} {'-> stored':>9} {'encoding':<8} {'bits':>4} {'K':>5} {'shape':<16} {'(A,d,B)':<14} name"]
+    for w in weights:
+        view = "x".join(str(v) for v in w.layout) if w.layout else "-"
+        name = w.name if len(w.name) <= 60 else "..." + w.name[-57:]
+        lines.append(f"{w.bytes_before:>9,} {w.bytes_after:>9,} {w.encoding or '-':<8} {w.bits:>4} {w.K:>5} "
+                     f"{str(list(w.shape)):<16} {view:<14} {name}")
+    return lines
+
+
+def read_compressed(content: bytes) -> tuple[bytes, str, list]:
+    """``(dense model, layout, compressed weights)`` of a checked flatbuffer; a dense file comes back as is.
+
+    Raises:
+        ValueError: The file is compressed and malformed (the message names the node, entry or tensor).
+    """
+    from tflite_export import codebook
+
+    if not codebook.is_compressed(content):  # a cheap byte search for dense files
+        return content, "dense", []
+    layout = codebook.layout_of(content)
+    weights = codebook.describe(content)
+    return codebook.decompress(content), layout, weights
 
 
 def _io_summary(details: list[dict]) -> list[dict]:
@@ -161,7 +205,7 @@ def tensor_violations(graph: StaticGraph, float_io: bool = False) -> tuple[list,
 
 
 def build_report(content: bytes, graph: StaticGraph, float_io: bool) -> ConversionReport:
-    """Assembles a :class:`ConversionReport` from a checked flatbuffer and its static graph."""
+    """Assembles a :class:`ConversionReport` from a checked (dense) flatbuffer and its static graph."""
     from tflite_export.runtime import delegation_report
 
     delegation = delegation_report(content)
@@ -187,6 +231,7 @@ def build_report(content: bytes, graph: StaticGraph, float_io: bool) -> Conversi
         disallowed_tensors=disallowed,
         weight_bytes=sum(graph.nbytes(i) for i in graph.constants),
         float_io=bool(float_io),
+        dense_size_bytes=len(content),
     )
 
 
@@ -200,12 +245,23 @@ def verify(flatbuffer: Any, float_io: bool = False) -> ConversionReport:
         flatbuffer: The TFLite flatbuffer bytes.
         float_io: Allow float graph inputs/outputs wrapped by QUANTIZE/DEQUANTIZE.
 
+    A compressed file is decompressed in memory; the report lists its compressed weights and checks the
+    decompressed model.
+
     Returns:
         The :class:`ConversionReport`; inspect ``report.integer_only`` (``convert`` raises on it).
 
     Raises:
         TypeError: ``flatbuffer`` is not bytes.
-        ValueError: ``flatbuffer`` is not a TFLite flatbuffer.
+        ValueError: ``flatbuffer`` is not a TFLite flatbuffer, the interpreter cannot read it, or it is a
+            malformed compressed file.
     """
     content = check_flatbuffer(flatbuffer, "flatbuffer")
-    return build_report(content, load_static_graph(content), float_io)
+    dense, layout, weights = read_compressed(content)
+    report = build_report(dense, load_static_graph(dense), float_io)
+    return with_compression(report, len(content), layout, weights)
+
+
+def with_compression(report: ConversionReport, size_bytes: int, layout: str, weights: list) -> ConversionReport:
+    """``report`` (of the dense model) as the report of the file it was decompressed from."""
+    return dataclasses.replace(report, size_bytes=size_bytes, layout=layout, compressed_weights=list(weights))

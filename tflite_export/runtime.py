@@ -59,10 +59,75 @@ def make_interpreter(model_content: bytes, num_threads: int = 1, use_xnnpack: bo
 
     Raises:
         TypeError: ``model_content`` is not bytes.
-        ValueError: ``model_content`` is not a TFLite flatbuffer or ``num_threads`` < 1.
+        ValueError: ``model_content`` is not a TFLite flatbuffer, the interpreter cannot read it (also when its
+            error message holds bytes that are not UTF-8), it is a compressed file that needs
+            ``tflite_export.load_interpreter`` / ``decompress`` (the message says so), or ``num_threads`` < 1.
+        RuntimeError: ``allocate_tensors()`` failed (e.g. a kernel's Prepare rejected its node).
     """
     content = check_flatbuffer(model_content, "model_content")
     num_threads = _check_int(num_threads, "num_threads", 1)
+    try:
+        interpreter = _create(content, num_threads, use_xnnpack, custom_op_registerers)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"`model_content` could not be loaded: {_message(exc)}") from None
+    except (RuntimeError, ValueError) as exc:
+        hint = _compressed_hint(content, custom_op_registerers)
+        if hint:
+            raise ValueError(f"`model_content` could not be loaded ({_oneline(exc)}): {hint}") from exc
+        raise
+    if allocate:
+        _allocate_tensors(interpreter, content, custom_op_registerers)
+    return interpreter
+
+
+def _oneline(exc: BaseException) -> str:
+    """An exception's text on one line (TFLite's messages span several)."""
+    return " ".join(str(exc).split())
+
+
+def _message(exc: UnicodeDecodeError) -> str:
+    """TFLite's error text whose conversion to str failed: it names a custom op code or tensor whose bytes are not
+    UTF-8, and the bytes travel in the exception."""
+    return " ".join(bytes(exc.object).decode("utf-8", "replace").split())
+
+
+def _allocate_tensors(interpreter: Any, content: bytes, custom_op_registerers: Sequence[Any] | None = None) -> None:
+    """``interpreter.allocate_tensors()`` with readable errors.
+
+    Raises:
+        ValueError: ``content`` is a compressed file the interpreter cannot run as given (the message says how).
+        RuntimeError: A kernel's Prepare failed (TFLite's message, with bytes that are not UTF-8 replaced).
+    """
+    try:
+        interpreter.allocate_tensors()
+    except UnicodeDecodeError as exc:
+        raise RuntimeError(_message(exc)) from None
+    except RuntimeError as exc:
+        hint = _compressed_hint(content, custom_op_registerers)
+        if hint:
+            raise ValueError(f"`model_content` could not be prepared ({_oneline(exc)}): {hint}") from exc
+        raise
+
+
+def _compressed_hint(content: bytes, custom_op_registerers: Sequence[Any] | None) -> str:
+    """How to run a compressed file that the interpreter refused, or "" for any other file."""
+    from tflite_export import codebook
+
+    try:
+        layout = codebook.layout_of(content) if codebook.is_compressed(content) else "dense"
+    except ValueError as exc:
+        return f"it looks like a compressed file but is malformed: {exc}"
+    if layout == "loader":
+        return ("it is a compressed file (loader layout), whose weights lie past the end of the flatbuffer: run it "
+                "with tflite_export.load_interpreter, or pass tflite_export.decompress(model_content)")
+    if layout == "kernel" and not custom_op_registerers:
+        return ("it is a compressed file (kernel layout) with TfqCodebookDecode nodes: run it with "
+                "tflite_export.load_interpreter (decompressed, or use_kernel=True), or pass "
+                "custom_op_registerers=[tflite_export.kernels.registerer()]")
+    return ""
+
+
+def _create(content: bytes, num_threads: int, use_xnnpack: bool, custom_op_registerers: Sequence[Any] | None) -> Any:
     if custom_op_registerers:
         from tfq_ext._keras import tf
         from tfq_ext._compat import tf_interpreter_with_custom_ops
@@ -72,19 +137,15 @@ def make_interpreter(model_content: bytes, num_threads: int = 1, use_xnnpack: bo
         with warnings.catch_warnings():
             # Its deprecation notice points to ai_edge_litert, which cannot host these kernels (see tfq_ext/_compat.py).
             warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated")
-            interpreter = tf_interpreter_with_custom_ops()(
+            return tf_interpreter_with_custom_ops()(
                 model_content=content, num_threads=num_threads,
                 custom_op_registerers=list(custom_op_registerers),
                 experimental_op_resolver_type=(resolver.AUTO if use_xnnpack
                                                else resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
-    else:
-        interpreter = Interpreter(
-            model_content=content, num_threads=num_threads,
-            experimental_op_resolver_type=(OpResolverType.AUTO if use_xnnpack
-                                           else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
-    if allocate:
-        interpreter.allocate_tensors()
-    return interpreter
+    return Interpreter(
+        model_content=content, num_threads=num_threads,
+        experimental_op_resolver_type=(OpResolverType.AUTO if use_xnnpack
+                                       else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
 
 
 def _delegated_nodes(model_content: bytes) -> tuple[list[dict], set[int], int]:
@@ -94,9 +155,15 @@ def _delegated_nodes(model_content: bytes) -> tuple[list[dict], set[int], int]:
     backward from its outputs through the producing original nodes, and stopping at its inputs, visits
     exactly the nodes it replaced.
     """
-    interpreter = make_interpreter(model_content, num_threads=1, use_xnnpack=True, allocate=False)
+    from tflite_export._graph import readable_names
+
+    interpreter = readable_names(make_interpreter(model_content, num_threads=1, use_xnnpack=True, allocate=False))
     num_original = len(interpreter._get_ops_details())  # before allocation: original nodes only
-    interpreter.allocate_tensors()
+    try:
+        _allocate_tensors(interpreter, model_content)
+    except RuntimeError as exc:  # e.g. a custom op no kernel is registered for
+        raise ValueError(f"`model_content`: TFLite could not prepare the model to count XNNPACK delegation: "
+                         f"{_oneline(exc)}") from exc
     ops = interpreter._get_ops_details()
     original = ops[:num_original]
     delegates = [op for op in ops[num_original:] if op["op_name"] == "DELEGATE"]
@@ -128,6 +195,10 @@ def delegation_report(model_content: bytes) -> dict:
     Returns:
         ``{"nodes": int, "delegated": int, "delegate_partitions": int, "not_delegated": [op names in
         execution order], "by_op": {op name: [delegated, total]}}``.
+
+    Raises:
+        ValueError: The interpreter cannot read or prepare the model (e.g. a custom op without a kernel, or a
+            compressed file: pass ``tflite_export.decompress(model_content)``).
     """
     original, delegated, partitions = _delegated_nodes(model_content)
     by_op: dict[str, list[int]] = {}

@@ -49,7 +49,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     export.add_argument("--data", help=".npz with representative inputs (key 'x'); needed for float models")
     export.add_argument("--output", "-o", help="output .tflite path")
     export.add_argument("--float-io", action="store_true", help="keep float32 input/output tensors")
-    inspect = sub.add_parser("inspect", help="print ops, dtypes, sizes and XNNPACK delegation of a .tflite")
+    inspect = sub.add_parser("inspect", help="print ops, dtypes, sizes and XNNPACK delegation of a .tflite (of a "
+                                              "compressed file: its compressed weights, then its decompressed model)")
     inspect.add_argument("file")
     args = parser.parse_args(argv)
 
@@ -60,9 +61,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     if args.command == "export":
         return _export(args)
+    return _inspect(args)
+
+
+def _inspect(args) -> int:
     import tflite_export
 
-    tflite_export.inspect(args.file)
+    try:
+        tflite_export.inspect(args.file)
+    except (FileNotFoundError, ValueError) as exc:  # a missing, foreign or malformed file: no traceback
+        raise SystemExit(f"tfq-ext inspect: {exc}") from None
     return 0
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tests.tflite_export import test_codebook
-from tflite_export import edgetpu
+from tflite_export import compress, decompress, edgetpu
 from tflite_export import flatbuffer as fb
 from tfq_ext._keras import tf
 
@@ -69,6 +69,30 @@ def test_compressed_file_needs_decompress(compressed):
     assert "needs tflite_export.decompress first" in str(result)
     # only the decode nodes block: the rest of the graph is fine once decompressed
     assert {o.status for o in result.ops if o.op != "TfqCodebookDecode"} == {"ok"}
+    assert result.compatible_after_decompress and result.layout == "kernel"
+    assert [w.name for w in result.compressed_weights] == [t.name for t in report.compressed]
+    assert [o.index for o in result.ops] == list(range(len(fb.read_model(content).subgraphs[0].operators)))
+
+
+def test_loader_layout_file_needs_decompress(codebook_int8):
+    content = compress(codebook_int8, layout="loader")
+    result = edgetpu.check(content)
+    # the ops are the decompressed model's: weights stored past the end of the flatbuffer count as constants
+    assert result.needs_decompress and not result.compatible and result.compatible_after_decompress
+    assert result.layout == "loader" and len(result.compressed_weights) == 3
+    assert [o.status for o in result.ops] == ["ok"] * 8
+    assert ("needs tflite_export.decompress first (loader layout, 3 compressed weights); the decompressed model "
+            "is compatible") in str(result)
+    assert all(f"compressed weight {w.name!r}" in str(result) for w in result.compressed_weights)
+    assert edgetpu.check(decompress(content)).compatible
+
+
+def test_compressed_file_with_an_incompatible_dense_model(codebook_int8):
+    content = compress(_edit(codebook_int8, _new_conv_version), layout="loader")
+    result = edgetpu.check(content)
+    assert result.needs_decompress and not result.compatible_after_decompress
+    assert "the decompressed model is NOT compatible" in str(result)
+    assert [o.op for o in result.unsupported] == ["CONV_2D"] * 3
 
 
 def _edit(content, edit):
@@ -138,6 +162,52 @@ def test_supported_table_is_conservative():
         assert edgetpu.SUPPORTED_OPS[name] >= version
     for missing in ("HARD_SWISH", "GATHER", "CUMSUM", "DEQUANTIZE", "BATCH_MATMUL"):
         assert missing not in edgetpu.SUPPORTED_OPS
+
+
+def _unnamed_int16_activation(model, subgraph):
+    _int16_activation(model, subgraph)
+    subgraph.tensors[_first(model, subgraph, "CONV_2D").outputs[0]].name = None
+
+
+def _odd_name_int16_activation(model, subgraph):
+    _int16_activation(model, subgraph)
+    subgraph.tensors[_first(model, subgraph, "CONV_2D").outputs[0]].name = b"\xff\xfe act"
+
+
+def test_odd_tensor_names_are_shown(ptq_int8):
+    for edit, shown in ((_unnamed_int16_activation, "'<unnamed>' is int16"),
+                        (_odd_name_int16_activation, "'\ufffd\ufffd act' is int16")):
+        report = edgetpu.check(_edit(ptq_int8, edit))  # AttributeError / nothing shown before
+        conv = next(o for o in report.ops if o.op == "CONV_2D")
+        assert any(shown in r for r in conv.reasons), conv.reasons
+
+
+def _buffer_out_of_range(model, subgraph):
+    subgraph.tensors[_first(model, subgraph, "CONV_2D").inputs[1]].buffer = 10**6
+
+
+def _opcode_out_of_range(model, subgraph):
+    _first(model, subgraph, "CONV_2D").opcodeIndex = 99
+
+
+def _tensor_out_of_range(model, subgraph):
+    _first(model, subgraph, "CONV_2D").outputs = np.asarray([10**6], np.int32)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (_buffer_out_of_range, r"tensor \d+ of subgraph 0 names buffer 1000000"),
+    (_opcode_out_of_range, "operator 0 of subgraph 0 uses operator code 99"),
+    (_tensor_out_of_range, "operator 0 of subgraph 0 has output tensor 1000000"),
+], ids=["buffer", "opcode", "tensor"])
+def test_references_out_of_range_are_value_errors(ptq_int8, edit, match):
+    with pytest.raises(ValueError, match=match):  # IndexError before
+        edgetpu.check(_edit(ptq_int8, edit))
+
+
+def test_malformed_compressed_file_is_a_value_error(compressed):
+    bad = test_codebook.edit_decode_node(compressed[0], test_codebook.HOSTILE["output-holds-constant-data"][0])
+    with pytest.raises(ValueError, match="TfqCodebookDecode node 1 of subgraph 0 .* own an empty buffer"):
+        edgetpu.check(bad)
 
 
 def test_argument_errors():

@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 
+from tests.tflite_export import test_codebook
 from tfq_ext._keras import keras, tf
-from tflite_export import compare_latency, delegation_report, make_interpreter, measure_latency, run, run_raw
+from tflite_export import compare_latency, compress, delegation_report, make_interpreter, measure_latency, run, run_raw
+from tflite_export import flatbuffer as fb
 from tflite_export.runtime import output_quantization
 
 
@@ -128,3 +130,30 @@ def test_compare_latency_bad_input(kwargs, error, part):
     with pytest.raises(error) as info:
         compare_latency(**kwargs)
     assert part in str(info.value)
+
+
+# --- files the interpreter cannot run as given ------------------------------------------------------------
+
+codebook_int8, compressed = test_codebook.codebook_int8, test_codebook.compressed
+
+
+def test_make_interpreter_says_how_to_run_compressed_files(codebook_int8, compressed):
+    with pytest.raises(ValueError, match=r"compressed file \(kernel layout\) .*load_interpreter"):
+        make_interpreter(compressed[0])  # RuntimeError "unresolved custom op" before
+    with pytest.raises(ValueError, match=r"compressed file \(loader layout\).*decompress"):
+        make_interpreter(compress(codebook_int8, layout="loader"))
+    with pytest.raises(ValueError, match="compressed file"):
+        delegation_report(compressed[0])
+
+
+def test_messages_with_bytes_that_are_not_utf8(compressed):
+    model = fb.read_model(compressed[0])
+    for code in model.operatorCodes:
+        if code.customCode:
+            code.customCode = b"\xffTfq"
+    content = fb.write_model(model)
+    with pytest.raises(RuntimeError, match="unresolved custom op: \ufffdTfq"):  # UnicodeDecodeError before
+        make_interpreter(content)
+    with pytest.raises(ValueError, match="unresolved custom op: \ufffdTfq") as info:
+        delegation_report(content)
+    assert type(info.value) is ValueError
