@@ -129,17 +129,17 @@ def _cases(seeds: dict, rng) -> list[tuple[str, bytes]]:
     for name, content in seeds.items():
         cases.append((f"{name}/original", content))
         for cut in sorted(set([8, 16, 64, len(content) // 2, len(content) - 1] +
-                              rng.integers(8, len(content), size=6).tolist())):
+                              rng.integers(8, len(content), size=12).tolist())):
             cases.append((f"{name}/truncate@{cut}", content[:cut]))
         regions = _regions(content)
         for region, ranges in regions.items():
-            for _ in range(5 if region != "anywhere" else 8):
+            for _ in range(10 if region != "anywhere" else 16):
                 cases.append((f"{name}/flip-{region}", _flip(rng, content, ranges)))
         if name.startswith("loader"):
-            for _ in range(12):
+            for _ in range(24):
                 cases.append((f"{name}/descriptor-field", _descriptor_field(rng, content)))
         if name == "kernel":
-            for _ in range(14):
+            for _ in range(28):
                 cases.append((f"{name}/structural", _structural(rng, content)))
     return cases
 
@@ -230,7 +230,11 @@ def test_fuzz_every_reader(codebook_int8, ptq_int8, tmp_path):
             if kernel.startswith("ok:") and r["decompress"] == "ValueError":
                 problems.append(f"{i} {name}: the C kernel ran a file decompress refuses: "
                                 f"{r.get('decompress_message')}")
-    summary = {"cases": len(cases), "refused_by_decompress": sum(
-        1 for r in results.values() if r.get("decompress") == "ValueError")}
+    summary = {"cases": len(cases), "results": len(results)}
+    for reader in READERS + ("run_kernel", "run_native"):
+        summary[reader] = {"ok": sum(1 for r in results.values() if str(r.get(reader, "")).startswith("ok:")),
+                           "refused": sum(1 for r in results.values() if r.get(reader) == "ValueError")}
+    summary["refused_by_decompress"] = summary["decompress"]["refused"]
+    print(summary)
     assert not problems, f"{summary}\n" + "\n".join(problems[:40])
     assert summary["refused_by_decompress"] > len(cases) // 4  # the mutations do reach the checks
