@@ -319,3 +319,13 @@ def check_references(model: Any, arg_name: str = "content") -> None:
                 if not 0 <= int(v) < tensors:
                     raise ValueError(f"`{arg_name}`: subgraph {s} {what} {int(v)} is not one of its {tensors} "
                                      f"tensors")
+    subgraphs = len(model.subgraphs or [])
+    for signature in model.signatureDefs or []:
+        if not 0 <= int(signature.subgraphIndex) < subgraphs:
+            raise ValueError(f"`{arg_name}`: a signature names subgraph {int(signature.subgraphIndex)}; the model "
+                             f"has {subgraphs}")
+        tensors = len(model.subgraphs[signature.subgraphIndex].tensors or [])
+        for entry in (signature.inputs or []) + (signature.outputs or []):
+            if not 0 <= int(entry.tensorIndex) < tensors:
+                raise ValueError(f"`{arg_name}`: a signature names tensor {int(entry.tensorIndex)} of subgraph "
+                                 f"{int(signature.subgraphIndex)}, which has {tensors} tensors")

@@ -168,6 +168,7 @@ def test_targets_min_size_exclude_and_nested_models():
 # --- training -------------------------------------------------------------------------------------------------
 
 def _train(digits, penalty, bits_lr, epochs, optimizer=None, callbacks=()):
+    keras.utils.set_random_seed(0)  # the initial weights must not depend on which tests ran before
     model = _diffq_cnn(penalty=penalty)
     model.compile(DiffQOptimizer(optimizer or keras.optimizers.Adam(1e-3), bits_learning_rate=bits_lr), LOSS,
                   metrics=["accuracy"])
