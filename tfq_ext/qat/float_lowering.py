@@ -89,18 +89,10 @@ def lower_for_xnnpack(model) -> Optional[keras.Model]:
     per_channel_affine_as_depthwise(graph)
     fuse_relu(graph)
     lower_for_delegate(graph)
-    layers = {}
     for node in graph.nodes.values():
-        if node.class_name == "InputLayer":
-            continue
         if node.class_name == "BorderCorrection":
             node.config["quantize_map"] = False
-        layers[node.name] = deserialize_layer(node)
-    lowered = rebuild(graph, layers)
-    for node in graph.nodes.values():
-        if node.name in layers:
-            load_weights(node, layers[node.name])
-    return lowered
+    return _rebuild(graph)
 
 
 def _rebuild(graph: Graph) -> keras.Model:
