@@ -34,7 +34,7 @@ enum {
 /* Dimensions of TFLite tensors are int32, so no extent may reach 2**31. */
 #define TFQ_MAX_ELEMENTS INT64_C(2147483647)
 
-static int fail(char* err, size_t err_len, const char* format, ...) {
+int tfq_codebook_fail(char* err, size_t err_len, const char* format, ...) {
   if (err != NULL && err_len > 0) {
     va_list args;
     va_start(args, format);
@@ -87,11 +87,11 @@ typedef struct FlexValue {
 /* Little-endian unsigned read of `width` bytes at `pos`, failing instead of reading past the buffer. */
 static int flex_read(FlexReader* r, uint64_t pos, uint64_t width, uint64_t* out) {
   if (!valid_width(width)) {
-    return fail(r->err, r->err_len, "custom options: byte width %" PRIu64 " at byte %" PRIu64
+    return tfq_codebook_fail(r->err, r->err_len, "custom options: byte width %" PRIu64 " at byte %" PRIu64
                 " is not 1, 2, 4 or 8", width, pos);
   }
   if (pos > r->len || width > r->len - pos) {
-    return fail(r->err, r->err_len, "custom options: a %" PRIu64 "-byte read at byte %" PRIu64
+    return tfq_codebook_fail(r->err, r->err_len, "custom options: a %" PRIu64 "-byte read at byte %" PRIu64
                 " runs past the %" PRIu64 "-byte buffer", width, pos, r->len);
   }
   uint64_t value = 0;
@@ -110,7 +110,7 @@ static int flex_indirect(FlexReader* r, uint64_t pos, uint64_t width, uint64_t* 
   uint64_t offset;
   if (flex_read(r, pos, width, &offset) != 0) return -1;
   if (offset > pos) {
-    return fail(r->err, r->err_len, "custom options: the offset %" PRIu64 " at byte %" PRIu64
+    return tfq_codebook_fail(r->err, r->err_len, "custom options: the offset %" PRIu64 " at byte %" PRIu64
                 " points before the start of the buffer", offset, pos);
   }
   *target = pos - offset;
@@ -120,7 +120,7 @@ static int flex_indirect(FlexReader* r, uint64_t pos, uint64_t width, uint64_t* 
 /* The size field of a vector, string, blob or map: `width` bytes just before `pos`. */
 static int flex_size(FlexReader* r, uint64_t pos, uint64_t width, uint64_t* size) {
   if (pos < width) {
-    return fail(r->err, r->err_len, "custom options: the size field before byte %" PRIu64
+    return tfq_codebook_fail(r->err, r->err_len, "custom options: the size field before byte %" PRIu64
                 " starts before the buffer", pos);
   }
   return flex_read(r, pos - width, width, size);
@@ -129,7 +129,7 @@ static int flex_size(FlexReader* r, uint64_t pos, uint64_t width, uint64_t* size
 /* `base + index * width`, failing when it lies past the buffer (which also rules out overflow). */
 static int flex_offset(FlexReader* r, uint64_t base, uint64_t index, uint64_t width, uint64_t* out) {
   if (base > r->len || index > (r->len - base) / width) {
-    return fail(r->err, r->err_len, "custom options: element %" PRIu64 " of the vector at byte %" PRIu64
+    return tfq_codebook_fail(r->err, r->err_len, "custom options: element %" PRIu64 " of the vector at byte %" PRIu64
                 " lies past the %" PRIu64 "-byte buffer", index, base, r->len);
   }
   *out = base + index * width;
@@ -139,7 +139,7 @@ static int flex_offset(FlexReader* r, uint64_t base, uint64_t index, uint64_t wi
 static int flex_budget(FlexReader* r, int64_t scanned) {
   r->scanned += scanned;
   if (r->values > TFQ_FLEX_MAX_VALUES || r->scanned > TFQ_FLEX_MAX_SCAN) {
-    return fail(r->err, r->err_len, "custom options: more than %d values or %" PRId64 " bytes of keys and "
+    return tfq_codebook_fail(r->err, r->err_len, "custom options: more than %d values or %" PRId64 " bytes of keys and "
                 "strings; expected a small map of A, d, B, bits, K", TFQ_FLEX_MAX_VALUES, TFQ_FLEX_MAX_SCAN);
   }
   return 0;
@@ -149,18 +149,18 @@ static int flex_budget(FlexReader* r, int64_t scanned) {
  * Key.__len__ returns -1, which len() refuses). */
 static int flex_key(FlexReader* r, uint64_t pos, const uint8_t** key, size_t* key_len) {
   if (pos > r->len) {
-    return fail(r->err, r->err_len, "custom options: a key at byte %" PRIu64 " lies past the buffer", pos);
+    return tfq_codebook_fail(r->err, r->err_len, "custom options: a key at byte %" PRIu64 " lies past the buffer", pos);
   }
   const uint8_t* start = r->buf + pos;
   const uint8_t* nul = (const uint8_t*)memchr(start, 0, (size_t)(r->len - pos));
   size_t length = nul != NULL ? (size_t)(nul - start) : (size_t)(r->len - pos);
   if (flex_budget(r, (int64_t)length + 1) != 0) return -1;
   if (nul == NULL) {
-    return fail(r->err, r->err_len, "custom options: the key at byte %" PRIu64 " is not NUL-terminated", pos);
+    return tfq_codebook_fail(r->err, r->err_len, "custom options: the key at byte %" PRIu64 " is not NUL-terminated", pos);
   }
   for (size_t i = 0; i < length; ++i) {
     if (start[i] >= 0x80) {
-      return fail(r->err, r->err_len, "custom options: the key at byte %" PRIu64 " is not ASCII", pos);
+      return tfq_codebook_fail(r->err, r->err_len, "custom options: the key at byte %" PRIu64 " is not ASCII", pos);
     }
   }
   *key = start;
@@ -256,7 +256,7 @@ static int flex_value(FlexReader* r, uint64_t pos, uint64_t parent_width, uint8_
         value_width = width;
       }
       if (value_width != 4 && value_width != 8) {
-        return fail(r->err, r->err_len, "custom options: a float at byte %" PRIu64 " is %" PRIu64
+        return tfq_codebook_fail(r->err, r->err_len, "custom options: a float at byte %" PRIu64 " is %" PRIu64
                     " bytes wide; floats are 4 or 8", pos, value_width);
       }
       return flex_read(r, pos, value_width, &raw);
@@ -265,7 +265,7 @@ static int flex_value(FlexReader* r, uint64_t pos, uint64_t parent_width, uint8_
       const uint8_t* key;
       size_t key_len;
       if (width != 1) {
-        return fail(r->err, r->err_len, "custom options: a key value at byte %" PRIu64 " is %" PRIu64
+        return tfq_codebook_fail(r->err, r->err_len, "custom options: a key value at byte %" PRIu64 " is %" PRIu64
                     " bytes wide; keys are 1", pos, width);
       }
       if (flex_indirect(r, pos, parent_width, &target) != 0) return -1;
@@ -275,20 +275,20 @@ static int flex_value(FlexReader* r, uint64_t pos, uint64_t parent_width, uint8_
     case kFlexBlob:
       if (flex_indirect(r, pos, parent_width, &target) != 0 || flex_size(r, target, width, &size) != 0) return -1;
       if (size > r->len - target) {
-        return fail(r->err, r->err_len, "custom options: a %" PRIu64 "-byte %s at byte %" PRIu64
+        return tfq_codebook_fail(r->err, r->err_len, "custom options: a %" PRIu64 "-byte %s at byte %" PRIu64
                     " runs past the buffer", size, flex_type_name(type), target);
       }
       if (type == kFlexString) {
         if (flex_budget(r, (int64_t)size) != 0) return -1;
         if (!valid_utf8(r->buf + target, size)) {
-          return fail(r->err, r->err_len, "custom options: the string at byte %" PRIu64 " is not UTF-8", target);
+          return tfq_codebook_fail(r->err, r->err_len, "custom options: the string at byte %" PRIu64 " is not UTF-8", target);
         }
       }
       return 0;
     case kFlexMap:
     case kFlexVector: {
       if (depth >= TFQ_FLEX_MAX_DEPTH) {
-        return fail(r->err, r->err_len, "custom options: values nested deeper than %d levels", TFQ_FLEX_MAX_DEPTH);
+        return tfq_codebook_fail(r->err, r->err_len, "custom options: values nested deeper than %d levels", TFQ_FLEX_MAX_DEPTH);
       }
       if (flex_indirect(r, pos, parent_width, &target) != 0) return -1;
       if (type == kFlexMap) return flex_map(r, target, width, depth + 1, NULL);
@@ -298,7 +298,7 @@ static int flex_value(FlexReader* r, uint64_t pos, uint64_t parent_width, uint8_
       for (uint64_t i = 0; i < size; ++i) {
         FlexValue element;
         if (i >= r->len - types) {
-          return fail(r->err, r->err_len, "custom options: the type byte of element %" PRIu64 " of the vector at "
+          return tfq_codebook_fail(r->err, r->err_len, "custom options: the type byte of element %" PRIu64 " of the vector at "
                       "byte %" PRIu64 " lies past the buffer", i, target);
         }
         if (flex_value(r, target + i * width, width, r->buf[types + i], depth + 1, &element) != 0) return -1;
@@ -311,7 +311,7 @@ static int flex_value(FlexReader* r, uint64_t pos, uint64_t parent_width, uint8_
   int typed = (type >= kFlexVectorInt && type <= kFlexVectorStringDeprecated) || type == kFlexVectorBool;
   int fixed = type >= kFlexVectorInt2 && type <= kFlexVectorFloat4;
   if (!typed && !fixed) {
-    return fail(r->err, r->err_len, "custom options: unknown FlexBuffer type %d at byte %" PRIu64, type, pos);
+    return tfq_codebook_fail(r->err, r->err_len, "custom options: unknown FlexBuffer type %d at byte %" PRIu64, type, pos);
   }
   if (flex_indirect(r, pos, parent_width, &target) != 0) return -1;
   int element_type;
@@ -327,7 +327,7 @@ static int flex_value(FlexReader* r, uint64_t pos, uint64_t parent_width, uint8_
   uint64_t end;
   if (flex_offset(r, target, size, width, &end) != 0) return -1;
   if (element_type == kFlexFloat && width != 4 && width != 8) {
-    return fail(r->err, r->err_len, "custom options: the float vector at byte %" PRIu64 " is %" PRIu64
+    return tfq_codebook_fail(r->err, r->err_len, "custom options: the float vector at byte %" PRIu64 " is %" PRIu64
                 " bytes wide; floats are 4 or 8", target, width);
   }
   if (element_type == kFlexKey) {
@@ -349,14 +349,14 @@ static int flex_value(FlexReader* r, uint64_t pos, uint64_t parent_width, uint8_
 static int flex_map(FlexReader* r, uint64_t map, uint64_t width, int depth, AttrCollector* attrs) {
   uint64_t size = 0, keys_width = 0, keys = 0, key_count = 0, types = 0;
   if (map < 3 * width) {
-    return fail(r->err, r->err_len, "custom options: the map header before byte %" PRIu64 " starts before the "
+    return tfq_codebook_fail(r->err, r->err_len, "custom options: the map header before byte %" PRIu64 " starts before the "
                 "buffer", map);
   }
   if (flex_read(r, map - width, width, &size) != 0 || flex_read(r, map - 2 * width, width, &keys_width) != 0) {
     return -1;
   }
   if (!valid_width(keys_width)) {
-    return fail(r->err, r->err_len, "custom options: the key vector of the map at byte %" PRIu64 " has byte "
+    return tfq_codebook_fail(r->err, r->err_len, "custom options: the key vector of the map at byte %" PRIu64 " has byte "
                 "width %" PRIu64 "; expected 1, 2, 4 or 8", map, keys_width);
   }
   if (flex_indirect(r, map - 3 * width, width, &keys) != 0 || flex_size(r, keys, keys_width, &key_count) != 0) {
@@ -374,7 +374,7 @@ static int flex_map(FlexReader* r, uint64_t map, uint64_t width, int depth, Attr
       return -1;
     }
     if (i >= r->len - types) {
-      return fail(r->err, r->err_len, "custom options: the type byte of entry %" PRIu64 " of the map at byte "
+      return tfq_codebook_fail(r->err, r->err_len, "custom options: the type byte of entry %" PRIu64 " of the map at byte "
                   "%" PRIu64 " lies past the buffer", i, map);
     }
     if (flex_value(r, map + i * width, width, r->buf[types + i], depth, &value) != 0) return -1;
@@ -395,16 +395,16 @@ int tfq_codebook_parse_options(const uint8_t* buf, size_t len, TfqCodebookAttrs*
   AttrCollector found;
   memset(&found, 0, sizeof(found));
   if (buf == NULL || len < 3) {
-    return fail(err, err_len, "custom options must be a FlexBuffer map of A, d, B, bits, K; got %zu bytes",
+    return tfq_codebook_fail(err, err_len, "custom options must be a FlexBuffer map of A, d, B, bits, K; got %zu bytes",
                 len);
   }
   uint64_t root_width = buf[len - 1];
   uint8_t root_type = buf[len - 2];
   if (!valid_width(root_width) || root_width > len - 2) {
-    return fail(err, err_len, "custom options are not a FlexBuffer (root byte width %" PRIu64 ")", root_width);
+    return tfq_codebook_fail(err, err_len, "custom options are not a FlexBuffer (root byte width %" PRIu64 ")", root_width);
   }
   if ((root_type >> 2) != kFlexMap) {
-    return fail(err, err_len, "custom options must be a FlexBuffer map; the root has type %d (%s)", root_type >> 2,
+    return tfq_codebook_fail(err, err_len, "custom options must be a FlexBuffer map; the root has type %d (%s)", root_type >> 2,
                 flex_type_name(root_type >> 2));
   }
   uint64_t map;
@@ -416,15 +416,15 @@ int tfq_codebook_parse_options(const uint8_t* buf, size_t len, TfqCodebookAttrs*
   for (int j = 0; j < 5; ++j) {
     const FlexValue* v = &found.value[j];
     if (!found.found[j]) {
-      return fail(err, err_len, "custom options lack attribute %s; expected integers A, d, B, bits, K",
+      return tfq_codebook_fail(err, err_len, "custom options lack attribute %s; expected integers A, d, B, bits, K",
                   kAttrNames[j]);
     }
     if (!v->is_int) {
-      return fail(err, err_len, "custom options: attribute %s must be an integer; got a FlexBuffer %s",
+      return tfq_codebook_fail(err, err_len, "custom options: attribute %s must be an integer; got a FlexBuffer %s",
                   kAttrNames[j], flex_type_name(v->type));
     }
     if (!v->fits) {
-      return fail(err, err_len, "custom options: attribute %s is an unsigned integer above 2**63; out of range",
+      return tfq_codebook_fail(err, err_len, "custom options: attribute %s is an unsigned integer above 2**63; out of range",
                   kAttrNames[j]);
     }
     values[j] = v->value;
@@ -439,22 +439,22 @@ int tfq_codebook_parse_options(const uint8_t* buf, size_t len, TfqCodebookAttrs*
 
 int tfq_codebook_check_attrs(const TfqCodebookAttrs* a, char* err, size_t err_len) {
   if (a->A < 1 || a->d < 1 || a->B < 1) {
-    return fail(err, err_len, "attributes A, d, B must be >= 1; got A=%" PRId64 " d=%" PRId64 " B=%" PRId64,
+    return tfq_codebook_fail(err, err_len, "attributes A, d, B must be >= 1; got A=%" PRId64 " d=%" PRId64 " B=%" PRId64,
                 a->A, a->d, a->B);
   }
   if (a->bits < 1 || a->bits > 8) {
-    return fail(err, err_len, "attribute bits must be in 1..8; got bits=%" PRId64, a->bits);
+    return tfq_codebook_fail(err, err_len, "attribute bits must be in 1..8; got bits=%" PRId64, a->bits);
   }
   if (a->K < 1 || a->K > (INT64_C(1) << a->bits)) {
-    return fail(err, err_len, "attribute K must be in 1..2**bits=%" PRId64 "; got K=%" PRId64,
+    return tfq_codebook_fail(err, err_len, "attribute K must be in 1..2**bits=%" PRId64 "; got K=%" PRId64,
                 INT64_C(1) << a->bits, a->K);
   }
   if (a->A > TFQ_MAX_ELEMENTS / a->d || a->A * a->d > TFQ_MAX_ELEMENTS / a->B) {
-    return fail(err, err_len, "A*d*B must be below 2**31; got A=%" PRId64 " d=%" PRId64 " B=%" PRId64, a->A,
+    return tfq_codebook_fail(err, err_len, "A*d*B must be below 2**31; got A=%" PRId64 " d=%" PRId64 " B=%" PRId64, a->A,
                 a->d, a->B);
   }
   if (a->K > TFQ_MAX_ELEMENTS / a->d) {
-    return fail(err, err_len, "K*d must be below 2**31; got K=%" PRId64 " d=%" PRId64, a->K, a->d);
+    return tfq_codebook_fail(err, err_len, "K*d must be below 2**31; got K=%" PRId64 " d=%" PRId64, a->K, a->d);
   }
   return 0;
 }
@@ -465,17 +465,17 @@ int tfq_codebook_check_sizes(const TfqCodebookAttrs* a, size_t packed_len, size_
                              char* err, size_t err_len) {
   int64_t packed = tfq_codebook_packed_bytes(a);
   if ((uint64_t)packed != (uint64_t)packed_len) {
-    return fail(err, err_len,
+    return tfq_codebook_fail(err, err_len,
                 "packed indices have %zu bytes; expected ceil(A*B*bits/8)=%" PRId64 " for A=%" PRId64
                 " B=%" PRId64 " bits=%" PRId64,
                 packed_len, packed, a->A, a->B, a->bits);
   }
   if ((uint64_t)(a->K * a->d) != (uint64_t)codebook_len) {
-    return fail(err, err_len, "codebook has %zu bytes; expected K*d=%" PRId64 " for K=%" PRId64 " d=%" PRId64,
+    return tfq_codebook_fail(err, err_len, "codebook has %zu bytes; expected K*d=%" PRId64 " for K=%" PRId64 " d=%" PRId64,
                 codebook_len, a->K * a->d, a->K, a->d);
   }
   if ((uint64_t)(a->A * a->d * a->B) != (uint64_t)out_len) {
-    return fail(err, err_len, "output has %zu elements; expected A*d*B=%" PRId64, out_len, a->A * a->d * a->B);
+    return tfq_codebook_fail(err, err_len, "output has %zu elements; expected A*d*B=%" PRId64, out_len, a->A * a->d * a->B);
   }
   return 0;
 }
@@ -485,7 +485,7 @@ int tfq_codebook_decode(const TfqCodebookAttrs* a, const uint8_t* packed, size_t
                         size_t err_len) {
   if (tfq_codebook_check_sizes(a, packed_len, codebook_len, out_len, err, err_len) != 0) return -1;
   if (packed == NULL || codebook == NULL || out == NULL) {
-    return fail(err, err_len, "missing data: packed=%p codebook=%p out=%p", (const void*)packed,
+    return tfq_codebook_fail(err, err_len, "missing data: packed=%p codebook=%p out=%p", (const void*)packed,
                 (const void*)codebook, (void*)out);
   }
   const int64_t A = a->A, d = a->d, B = a->B, bits = a->bits, K = a->K;
@@ -500,7 +500,7 @@ int tfq_codebook_decode(const TfqCodebookAttrs* a, const uint8_t* packed, size_t
       if (shift + (unsigned)bits > 8) window |= (unsigned)packed[byte + 1] << 8;
       int64_t index = (int64_t)((window >> shift) & mask);
       if (index >= K) {
-        return fail(err, err_len, "index %" PRId64 " of block (%" PRId64 ", %" PRId64 ") is out of range for a "
+        return tfq_codebook_fail(err, err_len, "index %" PRId64 " of block (%" PRId64 ", %" PRId64 ") is out of range for a "
                     "codebook of K=%" PRId64 " rows", index, i, b, K);
       }
       const int8_t* row = codebook + index * d;
@@ -554,18 +554,18 @@ int tfq_codebook_order_node(TfqCodebookOrder* order, int node_index, int is_self
   int step = order->step++;
   if (is_self) {
     if (order->self_step >= 0) {
-      return fail(err, err_len, "the decode node appears twice in the %s (steps %d and %d)", order->what,
+      return tfq_codebook_fail(err, err_len, "the decode node appears twice in the %s (steps %d and %d)", order->what,
                   order->self_step, step);
     }
     order->self_step = step;
     return 0;
   }
   if (contains(outputs, num_outputs, order->tensor)) {
-    return fail(err, err_len, "node %d (step %d of the %s) also writes the decoded tensor %d; it must be written "
+    return tfq_codebook_fail(err, err_len, "node %d (step %d of the %s) also writes the decoded tensor %d; it must be written "
                 "by this decode node only", node_index, step, order->what, order->tensor);
   }
   if (order->self_step < 0 && contains(inputs, num_inputs, order->tensor)) {
-    return fail(err, err_len, "node %d (step %d of the %s) reads the decoded tensor %d before this decode node "
+    return tfq_codebook_fail(err, err_len, "node %d (step %d of the %s) reads the decoded tensor %d before this decode node "
                 "writes it; the decode node must come before every reader", node_index, step, order->what,
                 order->tensor);
   }
@@ -574,7 +574,7 @@ int tfq_codebook_order_node(TfqCodebookOrder* order, int node_index, int is_self
 
 int tfq_codebook_order_end(const TfqCodebookOrder* order, char* err, size_t err_len) {
   if (order->self_step < 0) {
-    return fail(err, err_len, "the decode node is not in the %s (%d steps)", order->what, order->step);
+    return tfq_codebook_fail(err, err_len, "the decode node is not in the %s (%d steps)", order->what, order->step);
   }
   return 0;
 }
@@ -586,16 +586,16 @@ int tfq_codebook_check_output_allocation(int allocation_type, int is_variable, c
   const char* name =
       allocation_type >= 0 && allocation_type <= TFQ_ALLOC_NON_CPU ? kNames[allocation_type] : "unknown";
   if (allocation_type == TFQ_ALLOC_MMAP_RO) {
-    return fail(err, err_len, "the output tensor holds constant data from the model (allocation %s); a decode "
+    return tfq_codebook_fail(err, err_len, "the output tensor holds constant data from the model (allocation %s); a decode "
                 "node must write a tensor without a buffer, and model memory is never written", name);
   }
   if (allocation_type != TFQ_ALLOC_ARENA_RW && allocation_type != TFQ_ALLOC_ARENA_RW_PERSISTENT &&
       allocation_type != TFQ_ALLOC_DYNAMIC) {
-    return fail(err, err_len, "the output tensor has allocation type %d (%s); expected memory the runtime lets "
+    return tfq_codebook_fail(err, err_len, "the output tensor has allocation type %d (%s); expected memory the runtime lets "
                 "an op write (kTfLiteArenaRw, kTfLiteArenaRwPersistent or kTfLiteDynamic)", allocation_type, name);
   }
   if (is_variable) {
-    return fail(err, err_len, "the output tensor is a variable tensor; a decode node must write a plain "
+    return tfq_codebook_fail(err, err_len, "the output tensor is a variable tensor; a decode node must write a plain "
                 "intermediate tensor");
   }
   return 0;

@@ -35,6 +35,14 @@ typedef struct TfqCodebookAttrs {
   int64_t K;    /* codebook rows, 1..2**bits */
 } TfqCodebookAttrs;
 
+/* Writes a printf-style message into err (when err_len > 0) and returns -1; shared by the kernel and the
+ * loader (not exported from the libraries). */
+int tfq_codebook_fail(char* err, size_t err_len, const char* format, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
 /* Reads the custom options: a FlexBuffer map with integer entries A, d, B, bits, K. Fills and checks
  * `attrs` (see tfq_codebook_check_attrs).
  *

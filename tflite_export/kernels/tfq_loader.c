@@ -7,7 +7,6 @@
 #include "tfq_loader.h"
 
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,16 +30,6 @@ enum {
 #define ENTRY_BYTES 64u
 #define MAX_WEIGHT_BYTES UINT64_C(2147483647) /* 2**31 - 1: TFLite tensor dimensions are int32 */
 #define ROLE_TARGET 1u
-
-static int fail(char* err, size_t err_len, const char* format, ...) {
-  if (err != NULL && err_len > 0) {
-    va_list args;
-    va_start(args, format);
-    vsnprintf(err, err_len, format, args);
-    va_end(args);
-  }
-  return -1;
-}
 
 static uint32_t read_u16(const uint8_t* p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8; }
 
@@ -175,13 +164,13 @@ static int read_buffer(const Model* m, size_t index, BufferInfo* b, char* err, s
   Table t;
   size_t start, count;
   if (table_element(&m->f, m->buffers, index, &t) != 0) {
-    return fail(err, err_len, "corrupt flatbuffer: Model.buffers[%zu] points outside the %zu-byte file", index,
+    return tfq_codebook_fail(err, err_len, "corrupt flatbuffer: Model.buffers[%zu] points outside the %zu-byte file", index,
                 m->f.n);
   }
   if (vector_field(&m->f, &t, kBufferData, 1, &start, &count) < 0 ||
       scalar_field(&m->f, &t, kBufferOffset, 8, 0, &b->offset) != 0 ||
       scalar_field(&m->f, &t, kBufferSize, 8, 0, &b->size) != 0) {
-    return fail(err, err_len, "corrupt flatbuffer: a field of Model.buffers[%zu] lies outside the %zu-byte file",
+    return tfq_codebook_fail(err, err_len, "corrupt flatbuffer: a field of Model.buffers[%zu] lies outside the %zu-byte file",
                 index, m->f.n);
   }
   b->data = count > 0 ? m->f.p + start : NULL;
@@ -239,31 +228,31 @@ static int check_scalar_codes(uint32_t i, const Entry* e, const BufferInfo* payl
                               char* err, size_t err_len) {
   const uint64_t G = e->A * e->B, f = e->bits, b0 = e->K;
   if (f > 3) {
-    return fail(err, err_len, ENTRY_FMT ": width-field bits f=%" PRIu64 "; expected 0..3", ENTRY_ARGS(i, e), f);
+    return tfq_codebook_fail(err, err_len, ENTRY_FMT ": width-field bits f=%" PRIu64 "; expected 0..3", ENTRY_ARGS(i, e), f);
   }
   if (b0 < 1 || b0 > 8) {
-    return fail(err, err_len, ENTRY_FMT ": base width b0=%" PRIu64 "; expected 1..8", ENTRY_ARGS(i, e), b0);
+    return tfq_codebook_fail(err, err_len, ENTRY_FMT ": base width b0=%" PRIu64 "; expected 1..8", ENTRY_ARGS(i, e), b0);
   }
   if (table->data_len < 16) {
-    return fail(err, err_len, ENTRY_FMT ": table buffer %" PRIu32 " has %zu bytes; expected 16 bytes of counts "
+    return tfq_codebook_fail(err, err_len, ENTRY_FMT ": table buffer %" PRIu32 " has %zu bytes; expected 16 bytes of counts "
                 "K_1..K_8 and the tables", ENTRY_ARGS(i, e), e->table, table->data_len);
   }
   uint64_t total = 16;
   for (unsigned w = 1; w <= 8; ++w) {
     uint64_t count = read_u16(table->data + 2 * (w - 1));
     if (count > (UINT64_C(1) << w)) {
-      return fail(err, err_len, ENTRY_FMT ": table buffer %" PRIu32 " has count K_%u=%" PRIu64 "; expected <= 2^%u",
+      return tfq_codebook_fail(err, err_len, ENTRY_FMT ": table buffer %" PRIu32 " has count K_%u=%" PRIu64 "; expected <= 2^%u",
                   ENTRY_ARGS(i, e), e->table, w, count, w);
     }
     total += count;
   }
   if (total != table->data_len) {
-    return fail(err, err_len, ENTRY_FMT ": table buffer %" PRIu32 " has %zu bytes; expected 16 + sum(K_w) = %" PRIu64,
+    return tfq_codebook_fail(err, err_len, ENTRY_FMT ": table buffer %" PRIu32 " has %zu bytes; expected 16 + sum(K_w) = %" PRIu64,
                 ENTRY_ARGS(i, e), e->table, table->data_len, total);
   }
   const uint64_t width_bytes = (G * f + 7) / 8;
   if ((uint64_t)payload->data_len < width_bytes) {
-    return fail(err, err_len, ENTRY_FMT ": payload buffer %" PRIu32 " has %zu bytes; its width stream alone needs "
+    return tfq_codebook_fail(err, err_len, ENTRY_FMT ": payload buffer %" PRIu32 " has %zu bytes; its width stream alone needs "
                 "ceil(G*f/8) = %" PRIu64, ENTRY_ARGS(i, e), e->payload, payload->data_len, width_bytes);
   }
   uint64_t width_sum = G * b0;
@@ -272,7 +261,7 @@ static int check_scalar_codes(uint32_t i, const Entry* e, const BufferInfo* payl
     for (uint64_t g = 0; g < G; ++g) {
       uint64_t w = b0 + read_bits(payload->data, g * f, (unsigned)f);
       if (w > 8) {
-        return fail(err, err_len, ENTRY_FMT ": group %" PRIu64 " (a=%" PRIu64 ", b=%" PRIu64 ") has width "
+        return tfq_codebook_fail(err, err_len, ENTRY_FMT ": group %" PRIu64 " (a=%" PRIu64 ", b=%" PRIu64 ") has width "
                     "b0+field = %" PRIu64 "; expected 1..8", ENTRY_ARGS(i, e), g, g / e->B, g % e->B, w);
       }
       width_sum += w;
@@ -280,7 +269,7 @@ static int check_scalar_codes(uint32_t i, const Entry* e, const BufferInfo* payl
   }
   const uint64_t expected = width_bytes + (e->d * width_sum + 7) / 8;
   if ((uint64_t)payload->data_len != expected) {
-    return fail(err, err_len, ENTRY_FMT ": payload buffer %" PRIu32 " has %zu bytes; expected ceil(G*f/8) + "
+    return tfq_codebook_fail(err, err_len, ENTRY_FMT ": payload buffer %" PRIu32 " has %zu bytes; expected ceil(G*f/8) + "
                 "ceil(d*sum(w_g)/8) = %" PRIu64, ENTRY_ARGS(i, e), e->payload, payload->data_len, expected);
   }
   return 0;
@@ -290,19 +279,19 @@ static int check_scalar_codes(uint32_t i, const Entry* e, const BufferInfo* payl
 static int check_indices(const Model* m, uint32_t i, const Entry* e, unsigned char* roles, char* err,
                          size_t err_len) {
   if (e->kind != 1 && e->kind != 2) {
-    return fail(err, err_len, ENTRY_FMT ": unknown kind; expected 1 (block codebook) or 2 (scalar codes)",
+    return tfq_codebook_fail(err, err_len, ENTRY_FMT ": unknown kind; expected 1 (block codebook) or 2 (scalar codes)",
                 ENTRY_ARGS(i, e));
   }
   const uint32_t indices[3] = {e->target, e->payload, e->table};
   static const char* const kRoles[3] = {"target", "payload", "table"};
   for (int r = 0; r < 3; ++r) {
     if (indices[r] >= m->num_buffers) {
-      return fail(err, err_len, ENTRY_FMT ": %s buffer %" PRIu32 " does not exist (the model has %zu buffers)",
+      return tfq_codebook_fail(err, err_len, ENTRY_FMT ": %s buffer %" PRIu32 " does not exist (the model has %zu buffers)",
                   ENTRY_ARGS(i, e), kRoles[r], indices[r], m->num_buffers);
     }
   }
   if (roles[e->target] & ROLE_TARGET) {
-    return fail(err, err_len, ENTRY_FMT ": target buffer %" PRIu32 " is the target of an earlier entry too; targets "
+    return tfq_codebook_fail(err, err_len, ENTRY_FMT ": target buffer %" PRIu32 " is the target of an earlier entry too; targets "
                 "must be distinct", ENTRY_ARGS(i, e), e->target);
   }
   roles[e->target] |= ROLE_TARGET;
@@ -320,49 +309,49 @@ static int check_entry(const Plan* plan, uint32_t i, const Entry* e, uint64_t* e
     return -1;
   }
   if (target.data != NULL) {
-    return fail(err, err_len, ENTRY_FMT ": target buffer %" PRIu32 " has %zu bytes of data; expected none",
+    return tfq_codebook_fail(err, err_len, ENTRY_FMT ": target buffer %" PRIu32 " has %zu bytes of data; expected none",
                 ENTRY_ARGS(i, e), e->target, target.data_len);
   }
   if (target.offset != e->offset || target.size != e->size) {
-    return fail(err, err_len, ENTRY_FMT ": target buffer %" PRIu32 " has offset %" PRIu64 " and size %" PRIu64
+    return tfq_codebook_fail(err, err_len, ENTRY_FMT ": target buffer %" PRIu32 " has offset %" PRIu64 " and size %" PRIu64
                 "; the entry says offset %" PRIu64 " and size %" PRIu64, ENTRY_ARGS(i, e), e->target, target.offset,
                 target.size, e->offset, e->size);
   }
-  if (*end > UINT64_MAX - 15) return fail(err, err_len, ENTRY_FMT ": placement overflows", ENTRY_ARGS(i, e));
+  if (*end > UINT64_MAX - 15) return tfq_codebook_fail(err, err_len, ENTRY_FMT ": placement overflows", ENTRY_ARGS(i, e));
   const uint64_t placed = (*end + 15) & ~UINT64_C(15);
   if (e->offset != placed) {
-    return fail(err, err_len, ENTRY_FMT ": offset %" PRIu64 " breaks the placement rule; expected align16(%" PRIu64
+    return tfq_codebook_fail(err, err_len, ENTRY_FMT ": offset %" PRIu64 " breaks the placement rule; expected align16(%" PRIu64
                 ") = %" PRIu64, ENTRY_ARGS(i, e), e->offset, *end, placed);
   }
   if (e->A < 1 || e->d < 1 || e->B < 1) {
-    return fail(err, err_len, ENTRY_FMT ": A, d, B must be >= 1; got A=%" PRIu64 " d=%" PRIu64 " B=%" PRIu64,
+    return tfq_codebook_fail(err, err_len, ENTRY_FMT ": A, d, B must be >= 1; got A=%" PRIu64 " d=%" PRIu64 " B=%" PRIu64,
                 ENTRY_ARGS(i, e), e->A, e->d, e->B);
   }
   if (e->A > MAX_WEIGHT_BYTES / e->d || e->A * e->d > MAX_WEIGHT_BYTES / e->B) {
-    return fail(err, err_len, ENTRY_FMT ": A*d*B must be at most 2^31-1; got A=%" PRIu64 " d=%" PRIu64 " B=%" PRIu64,
+    return tfq_codebook_fail(err, err_len, ENTRY_FMT ": A*d*B must be at most 2^31-1; got A=%" PRIu64 " d=%" PRIu64 " B=%" PRIu64,
                 ENTRY_ARGS(i, e), e->A, e->d, e->B);
   }
   if (e->A * e->d * e->B != e->size) {
-    return fail(err, err_len, ENTRY_FMT ": A*d*B = %" PRIu64 " but size = %" PRIu64, ENTRY_ARGS(i, e),
+    return tfq_codebook_fail(err, err_len, ENTRY_FMT ": A*d*B = %" PRIu64 " but size = %" PRIu64, ENTRY_ARGS(i, e),
                 e->A * e->d * e->B, e->size);
   }
   *end = placed + e->size; /* placed <= UINT64_MAX - 15 and size < 2^31: no overflow below 2^64 - 2^31 */
-  if (*end < placed) return fail(err, err_len, ENTRY_FMT ": placement overflows", ENTRY_ARGS(i, e));
+  if (*end < placed) return tfq_codebook_fail(err, err_len, ENTRY_FMT ": placement overflows", ENTRY_ARGS(i, e));
   if (e->kind == 2) return check_scalar_codes(i, e, &payload, &table, err, err_len);
   if (e->bits < 1 || e->bits > 8) {
-    return fail(err, err_len, ENTRY_FMT ": bits=%" PRIu32 "; expected 1..8", ENTRY_ARGS(i, e), e->bits);
+    return tfq_codebook_fail(err, err_len, ENTRY_FMT ": bits=%" PRIu32 "; expected 1..8", ENTRY_ARGS(i, e), e->bits);
   }
   if (e->K < 1 || e->K > (UINT32_C(1) << e->bits)) {
-    return fail(err, err_len, ENTRY_FMT ": K=%" PRIu32 "; expected 1..2^bits = %" PRIu32, ENTRY_ARGS(i, e), e->K,
+    return tfq_codebook_fail(err, err_len, ENTRY_FMT ": K=%" PRIu32 "; expected 1..2^bits = %" PRIu32, ENTRY_ARGS(i, e), e->K,
                 UINT32_C(1) << e->bits);
   }
   const uint64_t packed = (e->A * e->B * e->bits + 7) / 8;
   if ((uint64_t)payload.data_len != packed) {
-    return fail(err, err_len, ENTRY_FMT ": payload buffer %" PRIu32 " has %zu bytes; expected ceil(G*bits/8) = %"
+    return tfq_codebook_fail(err, err_len, ENTRY_FMT ": payload buffer %" PRIu32 " has %zu bytes; expected ceil(G*bits/8) = %"
                 PRIu64, ENTRY_ARGS(i, e), e->payload, payload.data_len, packed);
   }
   if ((uint64_t)table.data_len != (uint64_t)e->K * e->d) {
-    return fail(err, err_len, ENTRY_FMT ": table buffer %" PRIu32 " has %zu bytes; expected K*d = %" PRIu64,
+    return tfq_codebook_fail(err, err_len, ENTRY_FMT ": table buffer %" PRIu32 " has %zu bytes; expected K*d = %" PRIu64,
                 ENTRY_ARGS(i, e), e->table, table.data_len, (uint64_t)e->K * e->d);
   }
   return 0;
@@ -372,30 +361,30 @@ static int check_descriptor(Plan* plan, size_t descriptor_buffer, size_t max_byt
   const Model* m = &plan->m;
   BufferInfo info;
   if (descriptor_buffer >= m->num_buffers) {
-    return fail(err, err_len, "the tfq_codebook metadata entry points at buffer %zu, which does not exist (the model "
+    return tfq_codebook_fail(err, err_len, "the tfq_codebook metadata entry points at buffer %zu, which does not exist (the model "
                 "has %zu buffers)", descriptor_buffer, m->num_buffers);
   }
   if (read_buffer(m, descriptor_buffer, &info, err, err_len) != 0) return -1;
   if (info.data_len < HEADER_BYTES) {
-    return fail(err, err_len, "the tfq_codebook descriptor (buffer %zu) has %zu bytes; expected a 24-byte header "
+    return tfq_codebook_fail(err, err_len, "the tfq_codebook descriptor (buffer %zu) has %zu bytes; expected a 24-byte header "
                 "and 64 bytes per entry", descriptor_buffer, info.data_len);
   }
   if (memcmp(info.data, TFQ_LOADER_MAGIC, 8) != 0) {
-    return fail(err, err_len, "the tfq_codebook descriptor (buffer %zu) lacks the magic \"" TFQ_LOADER_MAGIC "\"",
+    return tfq_codebook_fail(err, err_len, "the tfq_codebook descriptor (buffer %zu) lacks the magic \"" TFQ_LOADER_MAGIC "\"",
                 descriptor_buffer);
   }
   uint32_t version = read_u32(info.data + 8), count = read_u32(info.data + 12);
   if (version != 1) {
-    return fail(err, err_len, "the tfq_codebook descriptor (buffer %zu) has version %" PRIu32 "; this loader reads "
+    return tfq_codebook_fail(err, err_len, "the tfq_codebook descriptor (buffer %zu) has version %" PRIu32 "; this loader reads "
                 "version 1", descriptor_buffer, version);
   }
   if (count < 1) {
-    return fail(err, err_len, "the tfq_codebook descriptor (buffer %zu) has entry count N=0; expected N >= 1",
+    return tfq_codebook_fail(err, err_len, "the tfq_codebook descriptor (buffer %zu) has entry count N=0; expected N >= 1",
                 descriptor_buffer);
   }
   const uint64_t expected = HEADER_BYTES + (uint64_t)ENTRY_BYTES * count;
   if ((uint64_t)info.data_len != expected) {
-    return fail(err, err_len, "the tfq_codebook descriptor (buffer %zu) has %zu bytes; expected 24 + 64*N = %" PRIu64
+    return tfq_codebook_fail(err, err_len, "the tfq_codebook descriptor (buffer %zu) has %zu bytes; expected 24 + 64*N = %" PRIu64
                 " for N=%" PRIu32, descriptor_buffer, info.data_len, expected, count);
   }
   plan->descriptor = info.data;
@@ -404,7 +393,7 @@ static int check_descriptor(Plan* plan, size_t descriptor_buffer, size_t max_byt
 
   /* count <= data_len / 64 <= file length / 64; the role array has one byte per buffer (<= len / 4). */
   unsigned char* roles = (unsigned char*)calloc(m->num_buffers > 0 ? m->num_buffers : 1, 1);
-  if (roles == NULL) return fail(err, err_len, "out of memory for %zu buffer flags", m->num_buffers);
+  if (roles == NULL) return tfq_codebook_fail(err, err_len, "out of memory for %zu buffer flags", m->num_buffers);
   int status = 0;
   uint64_t end = m->f.n;
   Entry e;
@@ -415,10 +404,10 @@ static int check_descriptor(Plan* plan, size_t descriptor_buffer, size_t max_byt
   for (uint32_t i = 0; i < count && status == 0; ++i) {
     read_entry(plan->descriptor, i, &e);
     if (roles[e.payload] & ROLE_TARGET) {
-      status = fail(err, err_len, ENTRY_FMT ": payload buffer %" PRIu32 " is the target of an entry",
+      status = tfq_codebook_fail(err, err_len, ENTRY_FMT ": payload buffer %" PRIu32 " is the target of an entry",
                     ENTRY_ARGS(i, &e), e.payload);
     } else if (roles[e.table] & ROLE_TARGET) {
-      status = fail(err, err_len, ENTRY_FMT ": table buffer %" PRIu32 " is the target of an entry", ENTRY_ARGS(i, &e),
+      status = tfq_codebook_fail(err, err_len, ENTRY_FMT ": table buffer %" PRIu32 " is the target of an entry", ENTRY_ARGS(i, &e),
                     e.table);
     }
   }
@@ -430,18 +419,18 @@ static int check_descriptor(Plan* plan, size_t descriptor_buffer, size_t max_byt
     BufferInfo b;
     status = read_buffer(m, j, &b, err, err_len);
     if (status == 0 && b.offset > 1 && !(roles[j] & ROLE_TARGET)) {
-      status = fail(err, err_len, "buffer %zu has offset %" PRIu64 " (stored outside the flatbuffer) but no "
+      status = tfq_codebook_fail(err, err_len, "buffer %zu has offset %" PRIu64 " (stored outside the flatbuffer) but no "
                     "tfq_codebook entry fills it", j, b.offset);
     }
   }
   free(roles);
   if (status != 0) return -1;
   if (plan->dense_size != end) {
-    return fail(err, err_len, "the tfq_codebook descriptor (buffer %zu) has dense_size %" PRIu64 "; the placement "
+    return tfq_codebook_fail(err, err_len, "the tfq_codebook descriptor (buffer %zu) has dense_size %" PRIu64 "; the placement "
                 "rule gives %" PRIu64, descriptor_buffer, plan->dense_size, end);
   }
   if (plan->dense_size > (uint64_t)max_bytes) {
-    return fail(err, err_len, "the dense model would have %" PRIu64 " bytes, more than max_bytes=%zu (the default "
+    return tfq_codebook_fail(err, err_len, "the dense model would have %" PRIu64 " bytes, more than max_bytes=%zu (the default "
                 "is max(16 MiB, 256 * file length)); refusing a possible decompression bomb",
                 plan->dense_size, max_bytes);
   }
@@ -452,10 +441,10 @@ static int check_descriptor(Plan* plan, size_t descriptor_buffer, size_t max_byt
 static int make_plan(const uint8_t* data, size_t len, size_t max_bytes, Plan* plan, char* err, size_t err_len) {
   memset(plan, 0, sizeof(*plan));
   if (err != NULL && err_len > 0) err[0] = '\0';
-  if (data == NULL) return fail(err, err_len, "no input data (NULL pointer)");
+  if (data == NULL) return tfq_codebook_fail(err, err_len, "no input data (NULL pointer)");
   if (max_bytes == 0) max_bytes = tfq_default_max_bytes(len);
   if (len < 8 || memcmp(data + 4, "TFL3", 4) != 0) {
-    return fail(err, err_len, "not a TFLite flatbuffer: bytes 4..8 must be the identifier \"TFL3\" (%zu bytes in "
+    return tfq_codebook_fail(err, err_len, "not a TFLite flatbuffer: bytes 4..8 must be the identifier \"TFL3\" (%zu bytes in "
                 "all)", len);
   }
   Model* m = &plan->m;
@@ -464,14 +453,14 @@ static int make_plan(const uint8_t* data, size_t len, size_t max_bytes, Plan* pl
   size_t root, start, count;
   Table model;
   if (follow(&m->f, 0, &root) != 0 || table_at(&m->f, root, &model) != 0) {
-    return fail(err, err_len, "corrupt flatbuffer: the root table lies outside the %zu-byte file", len);
+    return tfq_codebook_fail(err, err_len, "corrupt flatbuffer: the root table lies outside the %zu-byte file", len);
   }
   if (vector_field(&m->f, &model, kModelBuffers, 4, &m->buffers, &m->num_buffers) < 0) {
-    return fail(err, err_len, "corrupt flatbuffer: Model.buffers lies outside the %zu-byte file", len);
+    return tfq_codebook_fail(err, err_len, "corrupt flatbuffer: Model.buffers lies outside the %zu-byte file", len);
   }
   /* A TfqCodebookDecode operator code means kernel layout, which this loader does not decode. */
   if (vector_field(&m->f, &model, kModelOperatorCodes, 4, &start, &count) < 0) {
-    return fail(err, err_len, "corrupt flatbuffer: Model.operator_codes lies outside the %zu-byte file", len);
+    return tfq_codebook_fail(err, err_len, "corrupt flatbuffer: Model.operator_codes lies outside the %zu-byte file", len);
   }
   size_t kernel_code = SIZE_MAX;
   for (size_t i = 0; i < count && kernel_code == SIZE_MAX; ++i) {
@@ -480,13 +469,13 @@ static int make_plan(const uint8_t* data, size_t len, size_t max_bytes, Plan* pl
     int present = table_element(&m->f, start, i, &code) == 0
                       ? string_field(&m->f, &code, kOperatorCodeCustomCode, &name, &name_len) : -1;
     if (present < 0) {
-      return fail(err, err_len, "corrupt flatbuffer: Model.operator_codes[%zu] lies outside the %zu-byte file", i,
+      return tfq_codebook_fail(err, err_len, "corrupt flatbuffer: Model.operator_codes[%zu] lies outside the %zu-byte file", i,
                   len);
     }
     if (present > 0 && equals(&m->f, name, name_len, TFQ_CODEBOOK_OP_NAME)) kernel_code = i;
   }
   if (vector_field(&m->f, &model, kModelMetadata, 4, &start, &count) < 0) {
-    return fail(err, err_len, "corrupt flatbuffer: Model.metadata lies outside the %zu-byte file", len);
+    return tfq_codebook_fail(err, err_len, "corrupt flatbuffer: Model.metadata lies outside the %zu-byte file", len);
   }
   size_t found = 0;
   uint64_t descriptor_buffer = 0;
@@ -497,7 +486,7 @@ static int make_plan(const uint8_t* data, size_t len, size_t max_bytes, Plan* pl
     int present = table_element(&m->f, start, i, &entry) == 0
                       ? string_field(&m->f, &entry, kMetadataName, &name, &name_len) : -1;
     if (present < 0 || scalar_field(&m->f, &entry, kMetadataBuffer, 4, 0, &buffer) != 0) {
-      return fail(err, err_len, "corrupt flatbuffer: Model.metadata[%zu] lies outside the %zu-byte file", i, len);
+      return tfq_codebook_fail(err, err_len, "corrupt flatbuffer: Model.metadata[%zu] lies outside the %zu-byte file", i, len);
     }
     if (present > 0 && equals(&m->f, name, name_len, TFQ_LOADER_METADATA_NAME)) {
       ++found;
@@ -505,7 +494,7 @@ static int make_plan(const uint8_t* data, size_t len, size_t max_bytes, Plan* pl
     }
   }
   if (found > 1) {
-    return fail(err, err_len, "Model.metadata has %zu entries named " TFQ_LOADER_METADATA_NAME
+    return tfq_codebook_fail(err, err_len, "Model.metadata has %zu entries named " TFQ_LOADER_METADATA_NAME
                 "; expected at most one", found);
   }
   if (found == 1 && descriptor_buffer < m->num_buffers) {
@@ -520,11 +509,11 @@ static int make_plan(const uint8_t* data, size_t len, size_t max_bytes, Plan* pl
   }
   if (kernel_code != SIZE_MAX) {
     if (found > 0) {
-      return fail(err, err_len, "the file has both a " TFQ_LOADER_METADATA_NAME " descriptor and a "
+      return tfq_codebook_fail(err, err_len, "the file has both a " TFQ_LOADER_METADATA_NAME " descriptor and a "
                   TFQ_CODEBOOK_OP_NAME " operator code (operator code %zu); a compressed file uses one layout",
                   kernel_code);
     }
-    return fail(err, err_len, "this is a kernel-layout file (operator code %zu is the custom op "
+    return tfq_codebook_fail(err, err_len, "this is a kernel-layout file (operator code %zu is the custom op "
                 TFQ_CODEBOOK_OP_NAME "); the C loader reads loader layout only: decode it with Python's "
                 "tflite_export.decompress, or re-compress with compress(..., layout=\"loader\")", kernel_code);
   }
@@ -554,13 +543,13 @@ static int decode_scalar_codes(uint32_t i, const Entry* e, const BufferInfo* pay
       const uint64_t g = a * B + b;
       const uint64_t w = f > 0 ? b0 + read_bits(payload->data, g * f, (unsigned)f) : b0;
       if (w < 1 || w > 8) { /* checked before; kept so that this function is safe on its own */
-        return fail(err, err_len, ENTRY_FMT ": group %" PRIu64 " has width %" PRIu64, ENTRY_ARGS(i, e), g, w);
+        return tfq_codebook_fail(err, err_len, ENTRY_FMT ": group %" PRIu64 " has width %" PRIu64, ENTRY_ARGS(i, e), g, w);
       }
       uint8_t* column = out + (size_t)(a * d * B + b);
       for (uint64_t t = 0; t < d; ++t, code_bit += w) {
         unsigned code = read_bits(payload->data, code_bit, (unsigned)w);
         if (code >= counts[w]) {
-          return fail(err, err_len, ENTRY_FMT ": code %u of element %" PRIu64 " of group %" PRIu64 " (a=%" PRIu64
+          return tfq_codebook_fail(err, err_len, ENTRY_FMT ": code %u of element %" PRIu64 " of group %" PRIu64 " (a=%" PRIu64
                       ", b=%" PRIu64 ") is out of range for table T_%" PRIu64 " of K_%" PRIu64 "=%" PRIu32 " values",
                       ENTRY_ARGS(i, e), code, t, g, a, b, w, w, counts[w]);
         }
@@ -591,7 +580,7 @@ static int write_plan(const Plan* plan, uint8_t* out, char* err, size_t err_len)
       TfqCodebookAttrs attrs = {(int64_t)e.A, (int64_t)e.d, (int64_t)e.B, (int64_t)e.bits, (int64_t)e.K};
       if (tfq_codebook_decode(&attrs, payload.data, payload.data_len, (const int8_t*)table.data, table.data_len,
                               (int8_t*)weight, (size_t)e.size, message, sizeof(message)) != 0) {
-        return fail(err, err_len, ENTRY_FMT ": %s", ENTRY_ARGS(i, &e), message);
+        return tfq_codebook_fail(err, err_len, ENTRY_FMT ": %s", ENTRY_ARGS(i, &e), message);
       }
     } else if (decode_scalar_codes(i, &e, &payload, &table, weight, err, err_len) != 0) {
       return -1;
@@ -614,7 +603,7 @@ int tfq_decompressed_size(const uint8_t* data, size_t len, size_t max_bytes, siz
   Plan plan;
   if (out_len != NULL) *out_len = 0;
   if (make_plan(data, len, max_bytes, &plan, err, err_len) != 0) return -1;
-  if (out_len == NULL) return fail(err, err_len, "out_len is NULL");
+  if (out_len == NULL) return tfq_codebook_fail(err, err_len, "out_len is NULL");
   *out_len = (size_t)plan.dense_size;
   return 0;
 }
@@ -624,14 +613,14 @@ int tfq_decompress_into(const uint8_t* data, size_t len, size_t max_bytes, uint8
   Plan plan;
   if (out_len != NULL) *out_len = 0;
   if (make_plan(data, len, max_bytes, &plan, err, err_len) != 0) return -1;
-  if (out == NULL || out_len == NULL) return fail(err, err_len, "out or out_len is NULL");
+  if (out == NULL || out_len == NULL) return tfq_codebook_fail(err, err_len, "out or out_len is NULL");
   if (out_cap < plan.dense_size) {
-    return fail(err, err_len, "the output buffer has %zu bytes; the dense model needs %" PRIu64, out_cap,
+    return tfq_codebook_fail(err, err_len, "the output buffer has %zu bytes; the dense model needs %" PRIu64, out_cap,
                 plan.dense_size);
   }
   uintptr_t in_start = (uintptr_t)data, out_start = (uintptr_t)out;
   if (in_start < out_start + (uintptr_t)plan.dense_size && out_start < in_start + (uintptr_t)len) {
-    return fail(err, err_len, "the output buffer overlaps the input");
+    return tfq_codebook_fail(err, err_len, "the output buffer overlaps the input");
   }
   if (write_plan(&plan, out, err, err_len) != 0) return -1;
   *out_len = (size_t)plan.dense_size;
@@ -644,11 +633,11 @@ int tfq_decompress(const uint8_t* data, size_t len, size_t max_bytes, uint8_t** 
   if (out != NULL) *out = NULL;
   if (out_len != NULL) *out_len = 0;
   if (make_plan(data, len, max_bytes, &plan, err, err_len) != 0) return -1;
-  if (out == NULL || out_len == NULL) return fail(err, err_len, "out or out_len is NULL");
+  if (out == NULL || out_len == NULL) return tfq_codebook_fail(err, err_len, "out or out_len is NULL");
   /* dense_size <= max_bytes (a size_t) was checked by make_plan, before this allocation */
   uint8_t* buffer = (uint8_t*)malloc(plan.dense_size > 0 ? (size_t)plan.dense_size : 1);
   if (buffer == NULL) {
-    return fail(err, err_len, "out of memory allocating %" PRIu64 " bytes for the dense model", plan.dense_size);
+    return tfq_codebook_fail(err, err_len, "out of memory allocating %" PRIu64 " bytes for the dense model", plan.dense_size);
   }
   if (write_plan(&plan, buffer, err, err_len) != 0) {
     free(buffer);
