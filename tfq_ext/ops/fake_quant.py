@@ -119,7 +119,8 @@ def fake_quant_folded_kernel(kernel: tf.Tensor, gamma: tf.Tensor, inv_sigma: tf.
     Backward: what automatic differentiation of that forward gives (the clipped STE of the fake-quant op, the
     gradient of its range ``max |u|`` back to the elements that reach it, the product and quotient rules), in a
     few fused expressions instead of one gradient function per elementary op; ``inv_sigma`` gets none (moving
-    variance). This keeps the training graph, and the time to trace and optimise it, close to conv + BN.
+    variance). As the range is ``max |u|``, the STE and the range gradient together pass the upstream gradient
+    through unchanged, which is what this computes (no kernel-sized fake-quant gradient op). This keeps the training graph, and the time to trace and optimise it, close to conv + BN.
 
     Args:
         kernel: the unfolded kernel with its output channels on the last axis (a depthwise kernel reshaped
@@ -164,17 +165,13 @@ def fake_quant_folded_kernel(kernel: tf.Tensor, gamma: tf.Tensor, inv_sigma: tf.
             else:
                 d_unfolded, d_scale = upstream
                 dq = d_unfolded * inv_safe
-            if per_channel:
-                du, dmin, dmax = tf.quantization.fake_quant_with_min_max_vars_per_channel_gradient(
-                    dq, u, low, bound, num_bits=num_bits, narrow_range=True)
-            else:
-                du, dmin, dmax = tf.quantization.fake_quant_with_min_max_vars_gradient(
-                    dq, u, low, bound, num_bits=num_bits, narrow_range=True)
-            # The range: d bound = dmax - dmin goes to the elements whose |u| is the maximum (shared among ties),
-            # with the sign of u; none while the maximum is below the 1e-8 floor (then no |u| equals the bound).
-            at_bound = tf.cast(tf.equal(magnitude, bound), u.dtype)
-            share = tf.math.divide_no_nan(dmax - dmin, tf.reduce_sum(at_bound, axis=range_axes))
-            du = du + tf.sign(u) * at_bound * share
+            # The range is max |u| itself, so no element lies outside it: the clipped STE passes dq everywhere and
+            # the range's own gradient (dmax - dmin, the clipped gradients) is zero. Where float rounding of the
+            # nudged range clips the maximum element, automatic differentiation hands that element its gradient
+            # back through the range (d bound to the arg max); du = dq is that result without the kernel-sized
+            # FakeQuant gradient, comparison, sign and reduction ops (the elements tied at the maximum keep their
+            # own gradients instead of sharing their sum).
+            du = dq
             # gamma reaches the output through u = kernel * f, through 1 / safe(f) and through the scale; the
             # last two only where f is regular.
             d_inverse = tf.reduce_sum(d_unfolded * unfolded, axis=others) * inv_safe_sigma
