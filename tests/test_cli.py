@@ -10,13 +10,17 @@ codebook_int8 = test_codebook.codebook_int8  # session fixture shared with test_
 
 
 def test_demo_writes_files_and_report(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--float-epochs", "3", "--qat-epochs", "2"]) == 0
-    for name in ("model_int8.tflite", "model_ptq_int8.tflite", "model_float.tflite", "report.json", "report.png"):
+    assert main(["demo", "--out", str(tmp_path), "--float-epochs", "3", "--epochs", "0.25", "--methods",
+                 "ptq_int8", "kq"]) == 0
+    for name in ("model_float.keras", "float32.tflite", "ptq_int8.tflite", "kq_1.0b.tflite", "report.json",
+                 "report.md", "frontier.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["integer_only"] is True
-    assert report["rows"]["qat_int8 (TFLite)"]["bytes"] < report["rows"]["float32 (TFLite)"]["bytes"] / 2
-    assert "| qat_int8 (TFLite) |" in capsys.readouterr().out
+    rows = {row["name"]: row for row in report["candidates"]}
+    assert rows["ptq_int8"]["integer_only"] is True
+    assert rows["ptq_int8"]["bytes"] < report["float"]["bytes"] / 2
+    assert rows["kq_1.0b"]["bytes"] < rows["ptq_int8"]["bytes"]
+    assert "| kq_1.0b | kq |" in capsys.readouterr().out
 
 
 def test_export_and_inspect(tmp_path, capsys, digits):

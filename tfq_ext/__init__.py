@@ -8,6 +8,7 @@ from tfq_ext._keras import keras  # noqa: F401  (chooses tf_keras first)
 from tfq_ext import ops, quantizers  # noqa: E402
 from tfq_ext.qat import quantize_model  # noqa: E402
 from tfq_ext.size import model_size, size_summary  # noqa: E402
+from tfq_ext.compress import compress_model  # noqa: E402
 
-__all__ = ["model_size", "ops", "quantizers", "quantize_model", "size_summary"]
+__all__ = ["compress_model", "model_size", "ops", "quantizers", "quantize_model", "size_summary"]
 __version__ = "0.1.0"

@@ -1,0 +1,305 @@
+"""The size/accuracy frontier of ``tfq_ext.compress_model`` next to the peers' options, on the same trained models.
+
+Models (Fashion-MNIST, trained here from scratch): the conv-BN CNN of ``benchmarks/qat_vs_tfmot.py`` (28x28x1)
+and MobileNetV2 (alpha 0.35, 32x32 RGB resize, ``weights=None``) as the MobileNet-class model.
+
+Peers on the same float model: tfmot QAT int8; tfmot weight clustering (4 and 16 clusters, fine-tuned, stripped,
+then post-training full int8 by the TFLite converter), reported at file size and at gzip size (what tfmot's
+guide compares); ai-edge-quantizer's recipes on the float32 file (int8 dynamic, int8 static, int4 weight-only,
+int4 blockwise-32 dynamic); Keras 3's ``model.quantize("int8")`` + TFLite conversion (a row with its error when
+it fails). Every accuracy is the file's, run in ai-edge-litert on the validation images; every latency is
+XNNPACK, 1 thread, batch 1, interleaved with the float32 file (median of rounds); partitions beside each.
+
+Run with ``python -m benchmarks.run --only frontier [--quick]``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gzip
+import json
+import platform
+import resource
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from tfq_ext._keras import keras, tf
+
+MODELS = ("fmnist_cnn", "mobilenet_v2")
+SIZES = {  # train images, float epochs, fine-tune epochs per candidate, batch
+    "fmnist_cnn": (30000, 6, 2, 128),
+    "mobilenet_v2": (20000, 10, 1, 128),
+}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _data(name: str, quick: bool):
+    from tfq_ext.data import load_fashion_mnist
+
+    split = load_fashion_mnist()
+    n_train = 2000 if quick else SIZES[name][0]
+    n_val = 500 if quick else 5000
+    x_train, y_train = split.x_train[:n_train], split.y_train[:n_train]
+    x_val, y_val = split.x_test[:n_val], split.y_test[:n_val]
+    if name == "mobilenet_v2":
+        def prepare(x):
+            return np.repeat(tf.image.resize(x, (32, 32)).numpy(), 3, axis=-1).astype("float32")
+
+        x_train, x_val = prepare(x_train), prepare(x_val)
+    return x_train, y_train.astype("int64"), x_val, y_val.astype("int64")
+
+
+def _build(name: str):
+    if name == "fmnist_cnn":
+        from benchmarks.qat_vs_tfmot import build_cnn
+
+        return build_cnn()
+    return keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10,
+                                          classifier_activation=None)
+
+
+def _loss():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _accuracy(content: bytes, x, y) -> float:
+    import tflite_export
+
+    return float(np.mean(np.argmax(tflite_export.run(content, x), axis=-1) == y))
+
+
+def _peer_row(name: str, content: bytes | None, x_val, y_val, error: str | None = None, **extra) -> dict:
+    import tflite_export
+
+    if content is None:
+        return {"name": name, "status": "failed", "error": error, **extra}
+    delegation = tflite_export.delegation_report(content)
+    return {"name": name, "status": "ok", "bytes": len(content), "gzip_bytes": len(gzip.compress(content, 9)),
+            "accuracy": _accuracy(content, x_val, y_val), "partitions": delegation["delegate_partitions"],
+            "nodes_outside": len(delegation["not_delegated"]),
+            "outside_ops": sorted(set(delegation["not_delegated"])), **extra}
+
+
+def _tfmot_clustering(model, clusters: int, x, y, epochs: int, batch: int) -> bytes:
+    import tensorflow_model_optimization as tfmot
+    import tflite_export
+
+    cluster = tfmot.clustering.keras
+    clustered = cluster.cluster_weights(
+        model, number_of_clusters=clusters,
+        cluster_centroids_init=cluster.CentroidInitialization.KMEANS_PLUS_PLUS)
+    clustered.compile(keras.optimizers.Adam(1e-4), _loss())
+    clustered.fit(x, y, batch_size=batch, epochs=epochs, verbose=2)
+    stripped = cluster.strip_clustering(clustered)
+    return tflite_export.convert(stripped, representative_data=x[:256])
+
+
+def _ai_edge_quantizer(float_file: bytes, recipe_name: str, x) -> bytes:
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_quantizer import quantizer, recipe
+
+    qt = quantizer.Quantizer(float_file)
+    qt.load_quantization_recipe(getattr(recipe, recipe_name)())
+    calibration = None
+    if qt.need_calibration:
+        signatures = Interpreter(model_content=float_file).get_signature_list()
+        key = next(iter(signatures))
+        input_name = signatures[key]["inputs"][0]
+        calibration = qt.calibrate({key: [{input_name: x[i:i + 1]} for i in range(min(200, len(x)))]})
+    return bytes(qt.quantize(calibration, enable_progress_report=False).quantized_model)
+
+
+def _keras3_int8(model, x) -> bytes:
+    """Keras 3's own int8 quantization of the same model (loaded from its H5 file), then TFLite conversion."""
+    import tempfile
+
+    import keras as keras3
+
+    if not keras3.__version__.startswith("3"):
+        raise RuntimeError(f"Keras 3 not installed (keras {keras3.__version__})")
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save(f"{tmp}/model.h5")
+        k3 = keras3.models.load_model(f"{tmp}/model.h5", compile=False)
+    k3.quantize("int8")
+    return tf.lite.TFLiteConverter.from_keras_model(k3).convert()
+
+
+def _dominance(candidates: list[dict], peers: list[dict], latency_tolerance: float = 0.05) -> list[dict]:
+    """For each peer file: the tfq_ext files no larger, no less accurate and no slower (within a tolerance)."""
+    rows = []
+    ours = [c for c in candidates if c["status"] == "ok" and not c.get("reference")]
+    for p in peers:
+        if p.get("status") != "ok":
+            continue
+        strict = [c["name"] for c in ours if c["bytes"] <= p["bytes"] and c["accuracy"] >= p["accuracy"]
+                  and c["latency_ms"] <= p["latency_ms"]]
+        tolerant = [c["name"] for c in ours if c["bytes"] <= p["bytes"] and c["accuracy"] >= p["accuracy"]
+                    and c["latency_ms"] <= p["latency_ms"] * (1 + latency_tolerance)]
+        at_gzip = [c["name"] for c in ours if c["bytes"] <= p["gzip_bytes"] and c["accuracy"] >= p["accuracy"]]
+        rows.append({"peer": p["name"], "dominated_by": strict, "dominated_within_5pct_latency": tolerant,
+                     "no_larger_than_peer_gzip_and_as_accurate": at_gzip})
+    return rows
+
+
+def run_model(name: str, quick: bool, out_dir: Path) -> dict:
+    import tflite_export
+    from tfq_ext.compress import METHODS, compress_model
+
+    n_train, float_epochs, epochs, batch = SIZES[name]
+    if quick:
+        float_epochs, epochs = 1, 0.25
+    x, y, xv, yv = _data(name, quick)
+    log(f"{name}: training float ({len(x)} images, {float_epochs} epochs)")
+    keras.utils.set_random_seed(0)
+    model = _build(name)
+    model.compile(keras.optimizers.Adam(1e-3), _loss(), metrics=["accuracy"])
+    t0, rss0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    model.fit(x, y, batch_size=batch, epochs=float_epochs, verbose=2)
+    float_seconds = time.perf_counter() - t0
+
+    log(f"{name}: compress_model (every method + the tfmot QAT reference)")
+    files_dir = Path(tempfile.mkdtemp(prefix=f"frontier_{name}_"))  # the files are measured, not committed
+    result = compress_model(model, (x, y), (xv, yv), methods=list(METHODS), out_dir=files_dir, epochs=epochs, batch_size=batch, latency_rounds=0, verbose=1)
+    report = result.to_dict()
+
+    log(f"{name}: peers")
+    float_file = (files_dir / "float32.tflite").read_bytes()
+    peers, peer_files = [], {}
+    for clusters in (4, 16):
+        label = f"tfmot_cluster{clusters}_int8"
+        try:
+            content = _tfmot_clustering(model, clusters, x, y, max(1, int(round(epochs))), batch)
+            peers.append(_peer_row(label, content, xv, yv, method="tfmot clustering + int8"))
+            peer_files[label] = content
+        except Exception as exc:  # noqa: BLE001 - a peer failing is a result
+            peers.append(_peer_row(label, None, xv, yv, f"{type(exc).__name__}: {exc}"[:500]))
+    for recipe_name in ("dynamic_wi8_afp32", "static_wi8_ai8", "weight_only_wi4_afp32", "dynamic_wi4b32_afp32"):
+        label = f"aeq_{recipe_name}"
+        try:
+            content = _ai_edge_quantizer(float_file, recipe_name, x)
+            peers.append(_peer_row(label, content, xv, yv, method="ai-edge-quantizer"))
+            peer_files[label] = content
+        except Exception as exc:  # noqa: BLE001
+            peers.append(_peer_row(label, None, xv, yv, f"{type(exc).__name__}: {exc}"[:500],
+                                   method="ai-edge-quantizer"))
+    try:
+        content = _keras3_int8(model, x)
+        peers.append(_peer_row("keras3_quantize_int8", content, xv, yv, method="Keras 3 model.quantize"))
+        peer_files["keras3_quantize_int8"] = content
+    except Exception as exc:  # noqa: BLE001
+        peers.append(_peer_row("keras3_quantize_int8", None, xv, yv, f"{type(exc).__name__}: {exc}"[:500],
+                               method="Keras 3 model.quantize"))
+
+    log(f"{name}: latency, every file interleaved with float32 (XNNPACK, 1 thread)")
+    ours = {c["name"]: (files_dir / c["file"]).read_bytes() for c in report["candidates"] if c["status"] == "ok"}
+    loaded = {k: tflite_export.decompress(v) if tflite_export.is_compressed(v) else v for k, v in ours.items()}
+    timing = tflite_export.compare_latency({"float32": float_file, **loaded, **peer_files},
+                                           rounds=5 if quick else 15, runs_per_round=10, num_threads=1)
+    report["float"]["latency_ms"] = timing["models"]["float32"]["median_ms"]
+    for c in report["candidates"]:
+        if c["name"] in timing["models"]:
+            c["latency_ms"] = timing["models"][c["name"]]["median_ms"]
+            c["gzip_bytes"] = len(gzip.compress(ours[c["name"]], 9))
+    for p in peers:
+        if p["name"] in timing["models"]:
+            p["latency_ms"] = timing["models"][p["name"]]["median_ms"]
+    best_small = [c for c in report["candidates"] if c["status"] == "ok" and not c.get("reference")
+                  and c["accuracy"] >= report["float"]["accuracy"] - 0.01]
+    smallest = min(best_small, key=lambda c: c["bytes"]) if best_small else None
+    return {"model": name, "train_images": len(x), "validation_images": len(xv), "float_epochs": float_epochs,
+            "float_train_seconds": round(float_seconds, 1), "compress": report, "peers": peers,
+            "dominance": _dominance(report["candidates"], peers),
+            "smallest_within_1_point": None if smallest is None else {
+                "name": smallest["name"], "bytes": smallest["bytes"],
+                "x_smaller_than_float32": report["float"]["bytes"] / smallest["bytes"],
+                "partitions": smallest["partitions"]},
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+            "rss_at_start_mb": rss0 / 1024.0}
+
+
+def _fmt(v, spec=".4f"):
+    return "-" if v is None else format(v, spec)
+
+
+def markdown(result: dict) -> str:
+    lines = ["# Size/accuracy frontier: `tfq_ext.compress_model` vs the peers", "",
+             f"Command: `{result['command']}` ({result['date']}, {result['seconds']:.0f} s); {result['machine']}.",
+             "Accuracy: each file run in ai-edge-litert on the validation images (Fashion-MNIST test images); "
+             "latency: XNNPACK, 1 thread, batch 1, all files of a model interleaved, median of rounds of 10 "
+             "invokes (a compressed file after loading); bytes: the file on disk.", ""]
+    for m in result["models"].values():
+        f = m["compress"]["float"]
+        lines += [f"## {m['model']} ({m['train_images']} train images, {m['float_epochs']} float epochs, "
+                  f"{m['validation_images']} validation images)", "",
+                  "| file | method | accuracy | bytes | gzip bytes | x smaller than fp32 | latency ms | partitions | "
+                  "frontier |", "|---|---|---:|---:|---:|---:|---:|---:|---|",
+                  f"| float32 | fp32 .tflite | {f['accuracy']:.4f} | {f['bytes']} | - | 1.0 | "
+                  f"{_fmt(f.get('latency_ms'))} | {f.get('partitions')} | |"]
+        for c in m["compress"]["candidates"]:
+            if c["status"] != "ok":
+                lines.append(f"| {c['name']} | {c['method']} | {c['status']}: {(c['error'] or '')[:120]} | | | | | | |")
+                continue
+            mark = "**recommended**" if c["name"] == m["compress"]["recommended"] else (
+                "yes" if c["name"] in m["compress"]["frontier"] else ("reference" if c.get("reference") else ""))
+            lines.append(f"| {c['name']} | tfq_ext {c['method']} | {c['accuracy']:.4f} | {c['bytes']} | "
+                         f"{c.get('gzip_bytes', '-')} | {f['bytes'] / c['bytes']:.1f} | {_fmt(c.get('latency_ms'))} | "
+                         f"{c['partitions']} | {mark} |")
+        for p in m["peers"]:
+            if p["status"] != "ok":
+                lines.append(f"| {p['name']} | {p.get('method', '')} | failed: {(p['error'] or '')[:160]} | | | | | | |")
+                continue
+            lines.append(f"| {p['name']} | {p['method']} | {p['accuracy']:.4f} | {p['bytes']} | {p['gzip_bytes']} | "
+                         f"{f['bytes'] / p['bytes']:.1f} | {_fmt(p.get('latency_ms'))} | {p['partitions']} | peer |")
+        lines += ["", "Peer files and the tfq_ext files that are no larger, no less accurate and no slower:", ""]
+        for d in m["dominance"]:
+            lines.append(f"- {d['peer']}: strictly {d['dominated_by'] or 'none'}; within 5% latency "
+                         f"{d['dominated_within_5pct_latency'] or 'none'}; no larger than the peer's gzip size "
+                         f"{d['no_larger_than_peer_gzip_and_as_accurate'] or 'none'}")
+        s = m["smallest_within_1_point"]
+        if s:
+            lines.append(f"\nSmallest tfq_ext file within 1 point of float32: {s['name']}, {s['bytes']} bytes, "
+                         f"{s['x_smaller_than_float32']:.1f}x smaller than float32, {s['partitions']} partition(s).")
+        lines.append(f"\nRecommendation (max drop 1 point): {m['compress']['recommendation']}. Peak RSS "
+                     f"{m['peak_rss_mb']:.0f} MiB.\n")
+    return "\n".join(lines) + "\n"
+
+
+def main(out_dir, quick: bool = False, command: str = "", models=MODELS) -> dict:
+    out_dir = Path(out_dir)
+    t0 = time.perf_counter()
+    warnings.filterwarnings("ignore", message=".*K clamped.*")
+    path = out_dir / "frontier.json"
+    previous = json.loads(path.read_text()) if path.exists() and set(models) != set(MODELS) else {}
+    result = {"benchmark": "frontier", "quick": quick, "command": command or "python -m benchmarks.run --only frontier",
+              "date": datetime.datetime.now().isoformat(timespec="seconds"),
+              "machine": f"{platform.platform()}, TF {tf.__version__}",
+              "models": {k: v for k, v in previous.get("models", {}).items() if k not in models}}
+    for name in models:
+        result["models"][name] = run_model(name, quick, out_dir)
+        result["seconds"] = time.perf_counter() - t0
+        path.write_text(json.dumps(result, indent=2, default=str))
+    result["seconds"] = time.perf_counter() - t0
+    path.write_text(json.dumps(result, indent=2, default=str))
+    (out_dir / "frontier.md").write_text(markdown(result))
+    print(markdown(result), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    args = parser.parse_args()
+    main(args.out, quick=args.quick, command=" ".join([sys.executable, "-m", "benchmarks.frontier", *sys.argv[1:]]),
+         models=args.models)
