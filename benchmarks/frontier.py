@@ -92,8 +92,10 @@ def _tfmot_clustering(model, clusters: int, x, y, epochs: int, batch: int) -> by
     import tflite_export
 
     cluster = tfmot.clustering.keras
+    fresh = keras.models.clone_model(model)  # cluster_weights changes the layers it is given
+    fresh.set_weights(model.get_weights())
     clustered = cluster.cluster_weights(
-        model, number_of_clusters=clusters,
+        fresh, number_of_clusters=clusters,
         cluster_centroids_init=cluster.CentroidInitialization.KMEANS_PLUS_PLUS)
     clustered.compile(keras.optimizers.Adam(1e-4), _loss())
     clustered.fit(x, y, batch_size=batch, epochs=epochs, verbose=2)
@@ -116,17 +118,29 @@ def _ai_edge_quantizer(float_file: bytes, recipe_name: str, x) -> bytes:
     return bytes(qt.quantize(calibration, enable_progress_report=False).quantized_model)
 
 
-def _keras3_int8(model, x) -> bytes:
-    """Keras 3's own int8 quantization of the same model (loaded from its H5 file), then TFLite conversion."""
-    import tempfile
+def _build_keras3(name: str):
+    import keras as keras3
 
+    if name == "fmnist_cnn":
+        L = keras3.layers
+        inp = keras3.Input((28, 28, 1), name="image")
+        x = inp
+        for filters, pool in ((32, True), (64, True), (64, False)):
+            x = L.ReLU()(L.BatchNormalization()(L.Conv2D(filters, 3, padding="same", use_bias=False)(x)))
+            x = L.MaxPooling2D()(x) if pool else x
+        return keras3.Model(inp, L.Dense(10, name="logits")(L.GlobalAveragePooling2D()(x)))
+    return keras3.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10,
+                                           classifier_activation=None)
+
+
+def _keras3_int8(name: str, model) -> bytes:
+    """Keras 3's own int8 quantization of the same architecture with the same weights, then TFLite conversion."""
     import keras as keras3
 
     if not keras3.__version__.startswith("3"):
         raise RuntimeError(f"Keras 3 not installed (keras {keras3.__version__})")
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save(f"{tmp}/model.h5")
-        k3 = keras3.models.load_model(f"{tmp}/model.h5", compile=False)
+    k3 = _build_keras3(name)
+    k3.set_weights(model.get_weights())
     k3.quantize("int8")
     return tf.lite.TFLiteConverter.from_keras_model(k3).convert()
 
@@ -190,7 +204,7 @@ def run_model(name: str, quick: bool, out_dir: Path) -> dict:
             peers.append(_peer_row(label, None, xv, yv, f"{type(exc).__name__}: {exc}"[:500],
                                    method="ai-edge-quantizer"))
     try:
-        content = _keras3_int8(model, x)
+        content = _keras3_int8(name, model)
         peers.append(_peer_row("keras3_quantize_int8", content, xv, yv, method="Keras 3 model.quantize"))
         peer_files["keras3_quantize_int8"] = content
     except Exception as exc:  # noqa: BLE001
@@ -215,7 +229,9 @@ def run_model(name: str, quick: bool, out_dir: Path) -> dict:
     smallest = min(best_small, key=lambda c: c["bytes"]) if best_small else None
     return {"model": name, "train_images": len(x), "validation_images": len(xv), "float_epochs": float_epochs,
             "float_train_seconds": round(float_seconds, 1), "compress": report, "peers": peers,
-            "dominance": _dominance(report["candidates"], peers),
+            "dominance": _dominance(report["candidates"],
+                                    [dict(c, name=c["name"]) for c in report["candidates"] if c.get("reference")
+                                     and c["status"] == "ok"] + peers),
             "smallest_within_1_point": None if smallest is None else {
                 "name": smallest["name"], "bytes": smallest["bytes"],
                 "x_smaller_than_float32": report["float"]["bytes"] / smallest["bytes"],
@@ -273,6 +289,7 @@ def markdown(result: dict) -> str:
 
 def main(out_dir, quick: bool = False, command: str = "", models=MODELS) -> dict:
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     warnings.filterwarnings("ignore", message=".*K clamped.*")
     path = out_dir / "frontier.json"

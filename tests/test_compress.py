@@ -66,7 +66,7 @@ def _independent_accuracy(content, x, y):
 def test_candidates_are_real_files_with_their_measured_size_and_accuracy(result, digits):
     res, out = result
     names = [c.name for c in res.candidates]
-    assert names == ["ptq_int8", "kq_1.7b", "kq_1.0b"]
+    assert names == ["ptq_int8", "kq_1.7b", "kq_1.0b", "kq_0.6b"]
     for c in res.candidates:
         assert c.ok, c.error
         content = (out / c.file).read_bytes()

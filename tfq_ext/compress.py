@@ -39,7 +39,7 @@ METHODS: Dict[str, str] = {
     "kq": "KQ: kernel codebooks on the convolutions (BatchNorm folded), per-tensor int8, compressed file",
     "diffq": "DiffQ: learned bits per group of 8 weights at a size penalty, compressed file",
     "ipq": "Quant-Noise fine-tune + iPQ (K=256), per-tensor int8, compressed file",
-    "kq+ipq": "KQ on the convolutions + iPQ on the dense layers, compressed file",
+    "kq+ipq": "KQ on the k x k convolutions + iPQ on the 1x1 convs and dense layers, compressed file",
     "tfmot_qat": "reference: tfmot QAT + TFLite converter int8 (not recommended, shown for comparison)",
 }
 REFERENCE_METHODS = ("tfmot_qat",)
@@ -347,14 +347,35 @@ def _qat(ctx: _Context, _setting) -> bytes:
     return tflite_export.convert(qat)
 
 
-def _kq(ctx: _Context, bits_per_weight) -> bytes:
+def _kq_budget(model, bits: float) -> float:
+    """KQ's everything-counted budget (``bits_per_weight`` of ``quantize_kernels``: the convs it leaves, such as
+    1x1 convs, count at 8 bits) that gives ``bits`` per weight to the k x k convolutions KQ quantizes."""
     from tfq_ext import kq
 
-    model, _ = kq.quantize_kernels(ctx.folded, ctx.x, ctx.y, bits_per_weight=bits_per_weight,
+    chosen = kq.choose_codewords(model, 32.0)
+    layers = kq.conv_bits(model)["layers"]
+    eligible = [name for name, k in chosen.items() if k is not None]
+    if not eligible:
+        raise ValueError("no convolution KQ can quantize (k x k kernels, at least 128 of them per layer)")
+    kept = sum(layers[name]["bits"] for name, k in chosen.items() if k is None)
+    quantized = sum(layers[name]["weights"] for name in eligible)
+    return (bits * quantized + kept) / sum(layers[name]["weights"] for name in chosen)
+
+
+def _kq_model(ctx: _Context, bits: float):
+    from tfq_ext import kq
+
+    model, _ = kq.quantize_kernels(ctx.folded, ctx.x, ctx.y, bits_per_weight=_kq_budget(ctx.folded, bits),
                                    finetune_epochs=ctx.epochs, batch_size=ctx.batch_size,
                                    optimizer=keras.optimizers.Adam(ctx.learning_rate), loss=ctx.loss,
                                    seed=ctx.seed, verbose=ctx.verbose)
-    return kq.export_tflite(model, ctx.calibration, compressed=True)
+    return model
+
+
+def _kq(ctx: _Context, bits) -> bytes:
+    from tfq_ext import kq
+
+    return kq.export_tflite(_kq_model(ctx, bits), ctx.calibration, compressed=True)
 
 
 def _diffq(ctx: _Context, relative_penalty) -> bytes:
@@ -365,7 +386,11 @@ def _diffq(ctx: _Context, relative_penalty) -> bytes:
     megabytes = sum(int(np.prod(w.shape)) for w in ctx.folded.trainable_weights) * 4 / 2 ** 20
     model = diffq.apply_diffq(ctx.folded, group_size=8, penalty=relative_penalty / max(megabytes, 1e-6),
                               min_size=0, max_bits=8, init_bits=6)
-    ctx.fit(model, diffq.DiffQOptimizer(keras.optimizers.Adam(ctx.learning_rate), bits_learning_rate=3e-2))
+    # The bits start at 6 and move about one bits learning rate per step (Adam): a short fine-tune gets a larger
+    # rate, so that the bits can reach 2 within the steps it has.
+    steps = ctx.epochs * math.ceil(len(ctx.x) / ctx.batch_size)
+    bits_lr = min(0.5, max(3e-2, 8.0 / max(steps, 1.0)))
+    ctx.fit(model, diffq.DiffQOptimizer(keras.optimizers.Adam(ctx.learning_rate), bits_learning_rate=bits_lr))
     return diffq.export_tflite(model, ctx.calibration, compressed=True)
 
 
@@ -430,14 +455,9 @@ def _kq_ipq(ctx: _Context, setting) -> bytes:
     from tfq_ext import kq
     from tfq_ext.quant_noise import to_dense_model
 
-    bits_per_weight, block = setting
-    model, report = kq.quantize_kernels(ctx.folded, ctx.x, ctx.y, bits_per_weight=bits_per_weight,
-                                        finetune_epochs=ctx.epochs, batch_size=ctx.batch_size,
-                                        optimizer=keras.optimizers.Adam(ctx.learning_rate), loss=ctx.loss,
-                                        seed=ctx.seed, verbose=ctx.verbose)
-    # iPQ on the layers KQ left: the dense layers (and convs too small for KQ stay as they are).
-    convs = [layer.name for layer in model.layers if type(layer).__name__ == "Conv2D"]
-    pq = _ipq_model(ctx, model, block, exclude=convs)
+    bits, block = setting
+    # iPQ on what KQ left: 1x1 convs and dense layers (k x k convs too small for KQ stay int8).
+    pq = _ipq_model(ctx, _kq_model(ctx, bits), block)
     return kq.export_tflite(to_dense_model(pq), ctx.calibration, compressed=True)
 
 
@@ -456,7 +476,9 @@ def _tfmot_qat(ctx: _Context, _setting) -> bytes:
 _SETTINGS = {
     "ptq_int8": [("ptq_int8", None, "")],
     "qat_int8": [("qat_int8", None, "")],
-    "kq": [("kq_1.7b", 1.7, " at 1.7 bits per conv weight"), ("kq_1.0b", 1.0, " at 1.0 bit per conv weight")],
+    "kq": [("kq_1.7b", 1.7, " at 1.7 bits per weight of the k x k convs it quantizes"),
+           ("kq_1.0b", 1.0, " at 1.0 bit per weight of the k x k convs it quantizes"),
+           ("kq_0.6b", 0.6, " at 0.6 bit per weight of the k x k convs it quantizes")],
     "diffq": [("diffq_p0.3", 0.3, " (relative penalty 0.3)"), ("diffq_p3", 3.0, " (relative penalty 3)")],
     "ipq": [("ipq_b4", 4, " (blocks of 4; k x k convs: one kernel)"),
             ("ipq_b8", 8, " (blocks of 8; k x k convs: one kernel)")],
@@ -465,6 +487,19 @@ _SETTINGS = {
 }
 _BUILDERS: Dict[str, Callable] = {"ptq_int8": _ptq, "qat_int8": _qat, "kq": _kq, "diffq": _diffq, "ipq": _ipq,
                                   "kq+ipq": _kq_ipq, "tfmot_qat": _tfmot_qat}
+
+
+def _smallest_form(content: bytes) -> bytes:
+    """The file as it is, or compressed (lossless, loader layout) where that is smaller."""
+    import tflite_export
+
+    if tflite_export.is_compressed(content):
+        return content
+    try:
+        smaller = tflite_export.compress(content)
+    except ValueError:  # nothing the codebook formats can take
+        return content
+    return smaller if len(smaller) < len(content) else content
 
 
 def _file_name(name: str) -> str:
@@ -504,7 +539,8 @@ def _recommend(candidates, float_metric, max_drop, target_bytes) -> Tuple[Option
     if max_drop is not None:
         floor = float_metric - max_drop / 100.0
         pool = [c for c in pool if c.accuracy >= floor - 1e-12]
-        rules.append(f"within {max_drop:g} points of the float32 file ({float_metric:.4f})")
+        rules.append(f"within {max_drop:g} point{'' if max_drop == 1 else 's'} of the float32 file "
+                     f"({float_metric:.4f})")
     if target_bytes is not None:
         pool = [c for c in pool if c.bytes <= target_bytes]
         rules.append(f"at most {target_bytes} bytes")
@@ -625,7 +661,7 @@ def compress_model(model, train, validation, *, methods: Optional[Sequence[str]]
         start = time.perf_counter()
         keras.utils.set_random_seed(seed)
         try:
-            content = _BUILDERS[method](ctx, setting)
+            content = _smallest_form(_BUILDERS[method](ctx, setting))
             measured = _measure_file(content, x_val, y_val, metric)
         except Exception as exc:  # one method failing on this model must not lose the others' results
             candidate.status, candidate.error = "failed", f"{type(exc).__name__}: {exc}"[:2000]
