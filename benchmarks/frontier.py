@@ -264,7 +264,8 @@ def markdown(result: dict) -> str:
                 continue
             mark = "**recommended**" if c["name"] == m["compress"]["recommended"] else (
                 "yes" if c["name"] in m["compress"]["frontier"] else ("reference" if c.get("reference") else ""))
-            lines.append(f"| {c['name']} | tfq_ext {c['method']} | {c['accuracy']:.4f} | {c['bytes']} | "
+            method = "tfmot QAT + converter (reference)" if c.get("reference") else f"tfq_ext {c['method']}"
+            lines.append(f"| {c['name']} | {method} | {c['accuracy']:.4f} | {c['bytes']} | "
                          f"{c.get('gzip_bytes', '-')} | {f['bytes'] / c['bytes']:.1f} | {_fmt(c.get('latency_ms'))} | "
                          f"{c['partitions']} | {mark} |")
         for p in m["peers"]:

@@ -204,6 +204,22 @@ def test_cli_end_to_end(trained, digits, tmp_path, capsys):
     assert "| kq_1.0b |" in printed and "Recommendation:" in printed
 
 
+def test_cli_reads_a_keras3_file(digits, tmp_path, capsys):
+    import keras as keras3
+
+    if not keras3.__version__.startswith("3"):
+        pytest.skip("Keras 3 not installed")
+    model = keras3.Sequential([keras3.Input((8, 8, 1)), keras3.layers.Conv2D(8, 3, activation="relu"),
+                               keras3.layers.GlobalAveragePooling2D(), keras3.layers.Dense(10, activation="softmax")])
+    model.save(tmp_path / "k3.keras")
+    out = tmp_path / "out"
+    assert main(["compress", str(tmp_path / "k3.keras"), "--data", _npz(tmp_path / "d.npz", digits), "--out",
+                 str(out), "--methods", "ptq_int8", "--target-bytes", "100000"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["candidates"][0]["status"] == "ok" and report["recommended"] == "ptq_int8"
+    assert report["target_bytes"] == 100000 and report["max_accuracy_drop"] is None
+
+
 @pytest.mark.parametrize("case,match", [
     ("missing-model", "MODEL not found"),
     ("garbage-model", "cannot read MODEL"),
