@@ -169,7 +169,7 @@ class CompressionResult:
                        label="float32 .tflite", zorder=4)
             if self.max_accuracy_drop is not None:
                 ax.axhline(self.float["accuracy"] - self.max_accuracy_drop / 100.0, color="red", lw=0.8, ls="--",
-                           label=f"float - {self.max_accuracy_drop:g} points")
+                           label=f"float - {self.max_accuracy_drop:g} point{'' if self.max_accuracy_drop == 1 else 's'}")
         if self.target_bytes:
             ax.axvline(self.target_bytes, color="purple", lw=0.8, ls=":", label="target bytes")
         if self.recommended:
