@@ -173,7 +173,11 @@ def run_model(name: str, quick: bool, out_dir: Path) -> dict:
     log(f"{name}: training float ({len(x)} images, {float_epochs} epochs)")
     keras.utils.set_random_seed(0)
     model = _build(name)
-    model.compile(keras.optimizers.Adam(1e-3), _loss(), metrics=["accuracy"])
+    # Cosine decay to 0: the last epochs settle, so the float reference is not one noisy epoch's weights
+    # (with a constant rate this CNN's validation accuracy moved between 0.80 and 0.88 from epoch to epoch).
+    steps = float_epochs * -(-len(x) // batch)
+    model.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(1e-3, steps)), _loss(),
+                  metrics=["accuracy"])
     t0, rss0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     model.fit(x, y, batch_size=batch, epochs=float_epochs, verbose=2)
     float_seconds = time.perf_counter() - t0
