@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import gzip
 import json
+import math
 import platform
 import resource
 import tempfile
@@ -32,7 +33,7 @@ from tfq_ext._keras import keras, tf
 MODELS = ("fmnist_cnn", "mobilenet_v2")
 SIZES = {  # train images, float epochs, fine-tune epochs per candidate, batch
     "fmnist_cnn": (30000, 15, 2, 128),
-    "mobilenet_v2": (20000, 15, 1, 128),
+    "mobilenet_v2": (20000, 10, 1, 128),
 }
 
 
@@ -97,7 +98,8 @@ def _tfmot_clustering(model, clusters: int, x, y, epochs: int, batch: int) -> by
     clustered = cluster.cluster_weights(
         fresh, number_of_clusters=clusters,
         cluster_centroids_init=cluster.CentroidInitialization.KMEANS_PLUS_PLUS)
-    clustered.compile(keras.optimizers.Adam(1e-4), _loss())
+    steps = epochs * -(-len(x) // batch)  # the candidates' fine-tune: Adam, cosine decay from 5e-4
+    clustered.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(5e-4, steps)), _loss())
     clustered.fit(x, y, batch_size=batch, epochs=epochs, verbose=2)
     stripped = cluster.strip_clustering(clustered)
     return tflite_export.convert(stripped, representative_data=x[:256])
@@ -190,7 +192,8 @@ def run_model(name: str, quick: bool, out_dir: Path) -> dict:
     log(f"{name}: same-budget float (the float model trained {epochs} more epochs, as each candidate is)")
     extra = keras.models.clone_model(model)
     extra.set_weights(model.get_weights())
-    extra.compile(keras.optimizers.Adam(5e-4), _loss())
+    extra.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
+        5e-4, max(1, int(math.ceil(epochs * len(x) / batch))))), _loss())
     whole = int(epochs)
     if whole:
         extra.fit(x, y, batch_size=batch, epochs=whole, verbose=2)

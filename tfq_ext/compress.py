@@ -319,8 +319,14 @@ class _Context:
     verbose: int
     seed: int
 
+    def adam(self, epochs: Optional[float] = None, scale: float = 1.0):
+        """Adam whose rate decays from ``learning_rate * scale`` to 0 over ``epochs`` (default: the fine-tune's),
+        so that every candidate ends on settled weights rather than one noisy step's."""
+        steps = max(1, int(math.ceil((self.epochs if epochs is None else epochs) * len(self.x) / self.batch_size)))
+        return keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(self.learning_rate * scale, steps))
+
     def fit(self, model, optimizer=None, callbacks=()):
-        model.compile(optimizer or keras.optimizers.Adam(self.learning_rate), self.loss)
+        model.compile(optimizer or self.adam(), self.loss)
         whole = int(math.floor(self.epochs))
         if whole:
             model.fit(self.x, self.y, batch_size=self.batch_size, epochs=whole, verbose=self.fit_verbose,
@@ -367,8 +373,7 @@ def _kq_model(ctx: _Context, bits: float):
 
     model, _ = kq.quantize_kernels(ctx.folded, ctx.x, ctx.y, bits_per_weight=_kq_budget(ctx.folded, bits),
                                    finetune_epochs=ctx.epochs, batch_size=ctx.batch_size,
-                                   optimizer=keras.optimizers.Adam(ctx.learning_rate), loss=ctx.loss,
-                                   seed=ctx.seed, verbose=ctx.verbose)
+                                   optimizer=ctx.adam(), loss=ctx.loss, seed=ctx.seed, verbose=ctx.verbose)
     return model
 
 
@@ -390,7 +395,7 @@ def _diffq(ctx: _Context, relative_penalty) -> bytes:
     # rate, so that the bits can reach 2 within the steps it has.
     steps = ctx.epochs * math.ceil(len(ctx.x) / ctx.batch_size)
     bits_lr = min(0.5, max(3e-2, 8.0 / max(steps, 1.0)))
-    ctx.fit(model, diffq.DiffQOptimizer(keras.optimizers.Adam(ctx.learning_rate), bits_learning_rate=bits_lr))
+    ctx.fit(model, diffq.DiffQOptimizer(ctx.adam(), bits_learning_rate=bits_lr))
     return diffq.export_tflite(model, ctx.calibration, compressed=True)
 
 
@@ -435,9 +440,10 @@ def _ipq_model(ctx: _Context, model, block: int, exclude=()):
     noisy = add_quant_noise(model, noise_rate=0.1, noise="pq", block_sizes=sizes, exclude=exclude)
     steps = max(1, int(math.ceil(len(ctx.x) / ctx.batch_size)))
     ctx.fit(noisy, callbacks=[QuantNoiseCentroidRefresh(every_n_batches=max(1, min(100, steps)))])
+    stage_epochs = max(0.25, ctx.epochs / 4)
     pq, _ = quantize_pq(noisy, ctx.x, ctx.y, n_centroids=256, block_sizes=sizes, stages=stages,
-                        finetune_epochs=max(0.25, ctx.epochs / 4), batch_size=ctx.batch_size,
-                        optimizer=lambda: keras.optimizers.Adam(ctx.learning_rate / 5), loss=ctx.loss,
+                        finetune_epochs=stage_epochs, batch_size=ctx.batch_size,
+                        optimizer=lambda: ctx.adam(stage_epochs, scale=0.2), loss=ctx.loss,
                         exclude=exclude, seed=ctx.seed, verbose=ctx.verbose)
     return pq
 
