@@ -326,16 +326,12 @@ class _Context:
         return keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(self.learning_rate * scale, steps))
 
     def fit(self, model, optimizer=None, callbacks=()):
+        from tfq_ext._training import fit_epochs
+
         model.compile(optimizer or self.adam(), self.loss)
-        whole = int(math.floor(self.epochs))
-        if whole:
-            model.fit(self.x, self.y, batch_size=self.batch_size, epochs=whole, verbose=self.fit_verbose,
-                      callbacks=list(callbacks))
-        rest = self.epochs - whole
-        if rest > 1e-9:  # a fraction of an epoch on a prefix of the (shuffled) data
-            n = max(self.batch_size, int(round(rest * len(self.x))))
-            model.fit(self.x[:n], self.y[:n], batch_size=self.batch_size, epochs=1, verbose=self.fit_verbose,
-                      callbacks=list(callbacks))
+        # x was shuffled once with the seed: a fractional epoch trains on its first rows.
+        fit_epochs(model, self.x, self.y, self.epochs, self.batch_size, verbose=self.fit_verbose,
+                   callbacks=callbacks)
         return model
 
 

@@ -9,9 +9,7 @@ import time
 from pathlib import Path
 from typing import Dict
 
-import numpy as np
-
-from tfq_ext._keras import keras, tf
+from tfq_ext._keras import keras
 
 __all__ = ["build_cnn", "run_demo"]
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from tfq_ext._clone import replace_layers
 from tfq_ext._keras import ensure_tf_keras_model, keras, tf
+from tfq_ext._training import fit_epochs
 from tfq_ext.kq.layers import KQ_LAYERS, SCALE_BITS, KQConv2D, KQDepthwiseConv2D, check_codebook_bits, kq_bits
 from tfq_ext.ops.blocks import num_blocks, to_blocks
 from tfq_ext.ops.kmeans import clamp_k, kmeans
@@ -316,20 +317,7 @@ def quantize_kernels(model: keras.Model, x=None, y=None, *, bits_per_weight: flo
 
 
 def _finetune(model, x, y, epochs: float, batch_size: int, seed: int) -> None:
-    whole, part = int(epochs), epochs - int(epochs)
-    if whole:
-        model.fit(x, y, batch_size=None if y is None else batch_size, epochs=whole, verbose=0)
-    if part > 0:
-        if y is None:
-            steps = int(tf.data.experimental.cardinality(x))
-            if steps < 0:
-                raise ValueError("a fractional `finetune_epochs` needs arrays or a dataset of known length. "
-                                 f"Received: finetune_epochs={epochs}")
-            model.fit(x.take(max(1, int(steps * part))), epochs=1, verbose=0)
-            return
-        # A random share rather than the first rows: datasets are often sorted by class.
-        order = np.random.default_rng(seed).permutation(len(x))[:max(batch_size, int(len(x) * part))]
-        model.fit(np.asarray(x)[order], np.asarray(y)[order], batch_size=batch_size, epochs=1, verbose=0)
+    fit_epochs(model, x, y, epochs, batch_size, seed=seed)
 
 
 def _accuracy(model, data) -> float:

@@ -16,6 +16,7 @@ import numpy as np
 
 from tfq_ext._clone import replace_layers
 from tfq_ext._keras import ensure_tf_keras_model, keras, tf
+from tfq_ext._training import fit_epochs
 from tfq_ext.ops.blocks import num_blocks, to_blocks
 from tfq_ext.ops.kmeans import clamp_k, kmeans
 from tfq_ext.quant_noise.layers import QuantNoiseConv2D, QuantNoiseDense, QuantNoiseEmbedding
@@ -202,12 +203,8 @@ def quantize_pq(model: keras.Model, x=None, y=None, *, n_centroids: int = 256,
 
 
 def _finetune(model, x, y, epochs: float, batch_size: int, verbose: int) -> None:
-    whole, part = int(epochs), epochs - int(epochs)
-    if whole:
-        model.fit(x, y, batch_size=batch_size, epochs=whole, verbose=0)
-    if part > 0 and y is not None:
-        n = max(batch_size, int(len(x) * part))
-        model.fit(x[:n], y[:n], batch_size=batch_size, epochs=1, verbose=0)
+    # The first rows for a fractional epoch (the caller's order), as before; a dataset's share is taken too.
+    fit_epochs(model, x, y, epochs, batch_size)
 
 
 def _accuracy(model, data) -> float:
