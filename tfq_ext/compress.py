@@ -322,8 +322,12 @@ class _Context:
     def adam(self, epochs: Optional[float] = None, scale: float = 1.0):
         """Adam whose rate decays from ``learning_rate * scale`` to 0 over ``epochs`` (default: the fine-tune's),
         so that every candidate ends on settled weights rather than one noisy step's."""
-        steps = max(1, int(math.ceil((self.epochs if epochs is None else epochs) * len(self.x) / self.batch_size)))
-        return keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(self.learning_rate * scale, steps))
+        return keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(self.learning_rate * scale,
+                                                                            self.steps(epochs)))
+
+    def steps(self, epochs: Optional[float] = None) -> int:
+        """Training steps of ``epochs`` epochs (default: the fine-tune's), at least 1."""
+        return max(1, int(math.ceil((self.epochs if epochs is None else epochs) * len(self.x) / self.batch_size)))
 
     def fit(self, model, optimizer=None, callbacks=()):
         from tfq_ext._training import fit_epochs
@@ -389,8 +393,7 @@ def _diffq(ctx: _Context, relative_penalty) -> bytes:
                               min_size=0, max_bits=8, init_bits=6)
     # The bits start at 6 and move about one bits learning rate per step (Adam): a short fine-tune gets a larger
     # rate, so that the bits can reach 2 within the steps it has.
-    steps = ctx.epochs * math.ceil(len(ctx.x) / ctx.batch_size)
-    bits_lr = min(0.5, max(3e-2, 8.0 / max(steps, 1.0)))
+    bits_lr = min(0.5, max(3e-2, 8.0 / ctx.steps()))
     ctx.fit(model, diffq.DiffQOptimizer(ctx.adam(), bits_learning_rate=bits_lr))
     return diffq.export_tflite(model, ctx.calibration, compressed=True)
 
@@ -421,11 +424,10 @@ def _small_layers(model, block: int) -> List[str]:
 
 def _ipq_model(ctx: _Context, model, block: int, exclude=()):
     from tfq_ext.quant_noise import QuantNoiseCentroidRefresh, add_quant_noise, quantize_pq
+    from tfq_ext.quant_noise.ipq import _kind
 
     sizes = {"dense": block, "conv": block, "embedding": block}
     exclude = sorted(set(exclude) | set(_small_layers(model, block)))
-    from tfq_ext.quant_noise.ipq import _kind
-
     eligible = [layer.name for layer in model.layers if _kind(layer) is not None and layer.name not in exclude]
     if not eligible:
         raise ValueError(f"no layer has {_MIN_BLOCKS} or more blocks of {block} weights for iPQ")
