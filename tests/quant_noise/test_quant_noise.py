@@ -84,6 +84,33 @@ def test_noise_schedule_sets_rate():
     assert float(model.layers[0].noise_rate) == pytest.approx(0.3)
 
 
+def test_noise_rate_per_kind_and_per_layer_name():
+    inputs = keras.Input((6,), dtype="int32")
+    h = L.Embedding(20, 8, name="emb")(inputs)
+    h = L.Dense(16, name="attn_q")(h)
+    model = keras.Model(inputs, L.Dense(8, name="ffn")(h))
+    noisy = add_quant_noise(model, noise_rate={"dense": 0.2, "embedding": 0.05, "attn_q": 0.03})
+    rates = {layer.name: float(layer.noise_rate) for layer in noisy.layers if hasattr(layer, "noise_rate")}
+    assert rates == pytest.approx({"emb": 0.05, "attn_q": 0.03, "ffn": 0.2})
+    # Kinds not named keep the default rate; a float applies to every layer.
+    assert float(add_quant_noise(model, noise_rate={"dense": 0.2}).get_layer("emb").noise_rate) == pytest.approx(0.1)
+    assert [float(layer.noise_rate) for layer in add_quant_noise(model, noise_rate=0.15).layers
+            if hasattr(layer, "noise_rate")] == pytest.approx([0.15] * 3)
+
+
+@pytest.mark.parametrize("rate,match", [({"dense": 1.5}, r"noise_rate\['dense'\]"), ({"ffn": "high"}, "ffn"),
+                                        (-0.1, "noise_rate"), (True, "noise_rate")],
+                         ids=["kind-out-of-range", "name-not-a-number", "negative", "bool"])
+def test_noise_rate_errors_leave_the_model_untouched(rate, match):
+    model = keras.Sequential([keras.Input((16,)), L.Dense(8, name="ffn")])
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(ValueError, match=match):
+        add_quant_noise(model, noise_rate=rate)
+    assert [type(layer).__name__ for layer in model.layers] == ["Dense"]
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_centroid_refresh_callback_tracks_the_moving_kernel():
     rng = np.random.default_rng(0)
     tf.random.set_seed(0)

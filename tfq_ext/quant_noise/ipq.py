@@ -53,20 +53,37 @@ def _fit_block_size(kind: str, shape, requested: int, name: str) -> int:
     return size
 
 
-def add_quant_noise(model: keras.Model, noise_rate: float = 0.1, noise: str = "proxy",
+def _noise_rates(noise_rate) -> Dict[str, float]:
+    """``noise_rate`` as {kind or layer name: rate}, every kind present (a float applies to all of them)."""
+    if isinstance(noise_rate, dict):
+        rates = {kind: 0.1 for kind in DEFAULT_BLOCK_SIZES}
+        rates.update(noise_rate)
+    else:
+        rates = {kind: noise_rate for kind in DEFAULT_BLOCK_SIZES}
+    for key, rate in rates.items():
+        if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating)) or not 0.0 <= float(rate) < 1.0:
+            where = "" if not isinstance(noise_rate, dict) else f"[{key!r}]"
+            raise ValueError(f"`noise_rate{where}` must be a number in [0, 1). Received: {rate!r}")
+    return {key: float(rate) for key, rate in rates.items()}
+
+
+def add_quant_noise(model: keras.Model, noise_rate=0.1, noise: str = "proxy",
                     block_sizes: Optional[Dict[str, int]] = None, exclude: Sequence[str] = (),
                     **noise_kwargs) -> keras.Model:
     """Copy of ``model`` whose Dense/Conv2D/Embedding layers train with Quant-Noise (weights kept).
 
     Args:
         model: a built tf_keras model (Sequential or functional; nested models are copied as they are).
-        noise_rate: probability that a block is noised in a training step (the paper uses 0.05-0.2).
+        noise_rate: probability that a block is noised in a training step (the paper uses 0.05-0.2); a float
+            for every layer, or a dict by kind ("dense", "conv", "embedding") or layer name (names take
+            precedence; kinds not given use 0.1), e.g. ``{"dense": 0.1, "embedding": 0.05, "attn_q": 0.05}``.
         noise: "proxy", "scalar" or "pq" (see ``tfq_ext.quant_noise.layers``).
         block_sizes: block length per kind ({"dense": 8, "conv": 4, "embedding": 4} by default) or per layer name
             (names take precedence); k x k convs use one kernel per block.
         exclude: names of layers to leave as they are.
     """
     model = ensure_tf_keras_model(model, "model")
+    rates = _noise_rates(noise_rate)
     sizes = {**DEFAULT_BLOCK_SIZES, **(block_sizes or {})}
     classes = {"dense": QuantNoiseDense, "conv": QuantNoiseConv2D, "embedding": QuantNoiseEmbedding}
     kernels = {}
@@ -77,7 +94,8 @@ def add_quant_noise(model: keras.Model, noise_rate: float = 0.1, noise: str = "p
             return None
         shape = tuple(int(s) for s in _kernel(layer).shape)
         block = _fit_block_size(kind, shape, sizes.get(layer.name, sizes[kind]), layer.name)
-        new = classes[kind].from_config({**layer.get_config(), "noise_rate": noise_rate, "noise": noise,
+        rate = rates.get(layer.name, rates[kind])
+        new = classes[kind].from_config({**layer.get_config(), "noise_rate": rate, "noise": noise,
                                          "block_size": block, **noise_kwargs})
         kernels[layer.name] = layer.get_weights()
         return new
