@@ -113,6 +113,21 @@ def shakespeare_task(quick: bool) -> Task:
                 False, epochs=1 if quick else 4, finetune=0.5 if quick else 1.0, lr=3e-3, batch=64)
 
 
+def transformer_task(quick: bool) -> Task:
+    """The char transformer of ``benchmarks/quant_noise_lm.py`` (2 layers, d=128), on the whole works."""
+    from benchmarks.quant_noise_lm import SEQ_LEN, build_transformer
+    from tfq_ext.data import char_lm_split, load_shakespeare
+
+    vocab, x, y, xt, yt = char_lm_split(load_shakespeare(), seq_len=SEQ_LEN)
+    n = 4000 if quick else 24000
+    rows = np.random.default_rng(SEED).permutation(len(x))[:n]  # windows from the whole training text
+    test = 300 if quick else 2000
+    return Task("transformer", lambda: build_transformer(len(vocab), SEQ_LEN), (x[rows], y[rows], xt[:test],
+                                                                                yt[:test]),
+                _bits_per_char, "bits_per_char", False, epochs=1 if quick else 4, finetune=0.5 if quick else 1.0,
+                lr=1e-3, batch=64)
+
+
 # --- arms -----------------------------------------------------------------------------------------------------
 
 def _entry(task, model, seconds, **extra):
@@ -254,7 +269,13 @@ def _int8_grid_check(flatbuffer: bytes, diffq_model) -> dict:
     return rows
 
 
-def main(out_dir, quick: bool = False, command: str = "") -> dict:
+TASKS = ("fashion_mnist", "shakespeare", "transformer")
+
+
+def main(out_dir, quick: bool = False, command: str = "", tasks=TASKS) -> dict:
+    """Runs ``tasks`` (default all three); with a subset, the other tasks' results already in ``diffq.json``
+    are kept (``python -c "import benchmarks.diffq as b; b.main('benchmarks/results', tasks=['transformer'])"``).
+    """
     import tflite_export
     from tfq_ext import diffq
 
@@ -267,9 +288,22 @@ def main(out_dir, quick: bool = False, command: str = "") -> dict:
               "setup": {"diffq": DIFFQ, "bits_learning_rate": BITS_LR, "uniform_bits": BITS,
                         "uniform": "per-tensor [min, max] nudged to contain 0, straight-through gradient"},
               "tasks": {}}
-    tasks = [(fashion_task(quick), (1.0, 4.0, 32.0) if not quick else (8.0,)),
-             (shakespeare_task(quick), (4.0, 16.0, 64.0) if not quick else (16.0,))]
-    for task, penalties in tasks:
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise ValueError(f"`tasks` must be among {TASKS}. Received: {list(tasks)}")
+    name = "diffq_quick" if quick else "diffq"
+    previous = out_dir / f"{name}.json"
+    if set(tasks) != set(TASKS) and previous.exists():
+        old = json.loads(previous.read_text())
+        report["tasks"] = {k: v for k, v in old["tasks"].items() if k not in tasks}
+        report["commands"] = {k: old.get("commands", {}).get(k, old["command"]) for k in report["tasks"]}
+    makers = {"fashion_mnist": (fashion_task, (1.0, 4.0, 32.0), (8.0,)),
+              "shakespeare": (shakespeare_task, (4.0, 16.0, 64.0), (16.0,)),
+              "transformer": (transformer_task, (4.0, 16.0, 64.0), (16.0,))}
+    for key in tasks:
+        maker, full, short = makers[key]
+        task, penalties = maker(quick), (short if quick else full)
+        task_start = time.perf_counter()
         results = run_task(task, penalties, out_dir)
         models = {k: v.pop("_model") for k, v in results.items() if "_model" in v}
         chosen = min(models, key=lambda k: abs(results[k]["mean_bits"] - 3.0))
@@ -285,11 +319,14 @@ def main(out_dir, quick: bool = False, command: str = "") -> dict:
                                       "test_examples": len(task.xt), "epochs": task.epochs,
                                       "finetune_epochs": task.finetune, "results": results,
                                       "diffq_vs_qat": compare_with_qat(results, task.metric_name,
-                                                                       task.higher_is_better)}
+                                                                       task.higher_is_better),
+                                      "seconds": round(time.perf_counter() - task_start, 1)}
+        report.setdefault("commands", {})[task.name] = command
         _plot(task.name, task.metric_name, results, out_dir / f"diffq_{task.name}.png")
     report["seconds"] = round(time.perf_counter() - t0, 1)
-    (out_dir / "diffq.json").write_text(json.dumps(report, indent=2))
-    (out_dir / "diffq.md").write_text(_table(report))
+    report["tasks"] = {k: report["tasks"][k] for k in TASKS if k in report["tasks"]}
+    (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2))
+    (out_dir / f"{name}.md").write_text(_table(report))
     print(_table(report), flush=True)
     return report
 
@@ -323,8 +360,12 @@ def _table(report) -> str:
                              f"{row['tflite_int8_accuracy']:.4f} (Keras {row[metric]:.4f}). Int8 re-quantization moves "
                              f"weights off the DiffQ grid by at most {worst:.3f} of their group's step (mean share "
                              f"of weights kept exactly: {kept:.2f}).")
+        if "seconds" in task:
+            lines.append(f"\n{name}: {task['seconds']:.0f} s. Command: `{report['commands'][name]}`")
+        elif name in report.get("commands", {}):
+            lines.append(f"\n{name}: command `{report['commands'][name]}`")
         lines.append("")
-    lines.append(f"Total time {report['seconds']:.0f} s. Command: `{report['command']}`")
+    lines.append(f"Time of the last run {report['seconds']:.0f} s. Command: `{report['command']}`")
     return "\n".join(lines) + "\n"
 
 
