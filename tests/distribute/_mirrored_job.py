@@ -80,4 +80,20 @@ with strategy.scope():
     fresh.optimizer.adacomp.build(fresh.trainable_variables)
 restored = fresh.optimizer.adacomp.residual_values()
 result["residuals_restored"] = all(np.array_equal(residuals[k], restored[k]) for k in residuals)
+
+# 4. precondition="rms" (per-learner second moments) with SGD-momentum: trains, replicas stay identical, the
+#    moments are per learner, and the update is the mean over the learners.
+keras.utils.set_random_seed(0)
+with strategy.scope():
+    rms_model = make_model()
+    rms_model.compile(with_adacomp(keras.optimizers.SGD(2e-3, momentum=0.9), precondition="rms"), loss,
+                      metrics=["accuracy"])
+rms_history = rms_model.fit(data.x_train, data.y_train, batch_size=64, epochs=3, verbose=0)
+result["rms_loss"] = [float(x) for x in rms_history.history["loss"]]
+result["rms_test_accuracy"] = float(rms_model.evaluate(data.x_test, data.y_test, verbose=0)[1])
+result["rms_identical_weights"] = all(
+    all(np.array_equal(w.values[0].numpy(), c.numpy()) for c in w.values[1:]) for w in rms_model.weights)
+moments = rms_model.optimizer.adacomp._moments
+result["rms_moments_differ"] = all(not np.array_equal(m.variable.values[0].numpy(), m.variable.values[1].numpy())
+                                   for m in moments.values())
 print("RESULT " + json.dumps(result, default=float))

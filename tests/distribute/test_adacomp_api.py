@@ -47,7 +47,10 @@ def test_with_adacomp_argument_errors():
     ({"bin_sizes": {"lstm": 500}}, ValueError, r"keys must be among .*Received: bin_sizes=\{'lstm': 500\}"),
     ({"bin_sizes": {"fc": -1}}, ValueError, r"bin_sizes\['fc'\].*Received: bin_sizes\['fc'\]=-1"),
     ({"residual": "yes"}, TypeError, r"`residual` must be a bool. Received: residual='yes'"),
-], ids=["zero", "float", "unknown_kind", "negative_fc", "residual_str"])
+    ({"precondition": "adam"}, ValueError, r"`precondition` must be one of \(None, 'rms'\). Received: precondition='adam'"),
+    ({"precondition": "rms", "beta_2": 1.0}, ValueError, r"`beta_2` must be a number in \(0, 1\). Received: beta_2=1.0"),
+    ({"precondition": "rms", "epsilon": 0}, ValueError, r"`epsilon` must be a positive number. Received: epsilon=0"),
+], ids=["zero", "float", "unknown_kind", "negative_fc", "residual_str", "precondition_name", "beta_2", "epsilon"])
 def test_adacomp_argument_errors(kwargs, error, match):
     with pytest.raises(error, match=match):
         AdaComp(**kwargs)
@@ -131,3 +134,47 @@ def test_topk_sends_a_fixed_number_per_layer(digits):
     # 4 steps; conv kernel 36 -> ceil(36 / 4) = 9; fc kernel 144 * 10 -> ceil(1440 / 50) = 29; biases (kind
     # "other", rate 1) send all of their 4 + 10 elements.
     assert (report["conv_sent"], report["fc_sent"], report["other_sent"]) == (4 * 9, 4 * 29, 4 * 14)
+
+
+def test_rms_precondition_needs_plain_sgd():
+    with pytest.raises(ValueError, match="optimizer must be SGD.*Received: optimizer=Adam"):
+        with_adacomp(keras.optimizers.Adam(1e-3), precondition="rms")
+    assert isinstance(with_adacomp(keras.optimizers.SGD(1e-3, momentum=0.9), precondition="rms"),
+                      keras.optimizers.SGD)
+
+
+def test_rms_precondition_matches_a_numpy_reference_and_checkpoints(tmp_path):
+    """Two exchanges on one learner: v, the residual and the returned update follow Adam's bias-corrected v."""
+    beta_2, eps, bins = 0.9, 1e-7, 4
+    var = tf.Variable(tf.zeros([8]), name="w")
+    compressor = AdaComp(bins, precondition="rms", beta_2=beta_2, epsilon=eps)
+    rng = np.random.default_rng(0)
+    grads = [rng.normal(size=8).astype(np.float32) * scale for scale in (1.0, 100.0)]
+    v = np.zeros(8)
+    residual = np.zeros(8)
+    for t, g in enumerate(grads, start=1):
+        out = compressor.exchange([(tf.constant(g), var)])[0][0].numpy()
+        v = beta_2 * v + (1 - beta_2) * g.astype(np.float64) ** 2
+        pre = g / (np.sqrt(v / (1 - beta_2 ** t)) + eps)
+        accumulated = residual + pre
+        # The rule (per bin of 4): send where |G + g| >= the bin's max |G| of the accumulated residual, as
+        # sign x the mean magnitude sent; one learner, so the returned update is what it sent.
+        sent = np.zeros(8)
+        mask = np.zeros(8, bool)
+        for b in range(0, 8, bins):
+            top = np.abs(accumulated[b:b + bins]).max()
+            mask[b:b + bins] = (np.abs(accumulated[b:b + bins] + pre[b:b + bins]) >= top) & (accumulated[b:b + bins] != 0)
+        sent[mask] = np.sign(accumulated[mask]) * np.abs(accumulated[mask]).mean()
+        residual = accumulated - sent
+        np.testing.assert_allclose(out, sent, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(compressor._moments["w"].variable.numpy(), v, rtol=1e-5)
+        np.testing.assert_allclose(compressor.residual_values()["w"][0], residual, rtol=1e-5, atol=1e-6)
+    # A gradient 100x larger still gives a unit-scale update: the preconditioner normalises it.
+    assert np.abs(out[out != 0]).max() < 10
+    path = tf.train.Checkpoint(compressor=compressor).write(str(tmp_path / "ckpt"))
+    fresh = AdaComp(bins, precondition="rms", beta_2=beta_2, epsilon=eps)
+    tf.train.Checkpoint(compressor=fresh).read(path).expect_partial()
+    fresh.build([var])
+    np.testing.assert_allclose(fresh._moments["w"].variable.numpy(), v, rtol=1e-5)
+    assert float(fresh._moment_steps.variable.numpy()[0]) == 2.0
+    np.testing.assert_allclose(fresh.residual_values()["w"][0], residual, rtol=1e-5, atol=1e-6)

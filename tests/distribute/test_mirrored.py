@@ -53,3 +53,10 @@ def test_bytes_exchanged_are_counted_and_reduced(mirrored):
 def test_residuals_are_per_replica_and_checkpointed(mirrored):
     assert mirrored["residuals_differ"]
     assert mirrored["residuals_restored"]
+
+
+def test_rms_precondition_trains_with_identical_replicas_and_per_learner_moments(mirrored):
+    assert mirrored["rms_identical_weights"]
+    assert mirrored["rms_moments_differ"]
+    assert mirrored["rms_loss"][-1] < 0.5 * mirrored["rms_loss"][0]
+    assert mirrored["rms_test_accuracy"] > 0.8

@@ -15,11 +15,13 @@ import numpy as np
 from tfq_ext._keras import tf
 from tfq_ext.ops import adacomp as ops
 
-__all__ = ["DEFAULT_BIN_SIZES", "AdaComp", "TopK", "check_strategy"]
+__all__ = ["DEFAULT_BIN_SIZES", "PRECONDITIONERS", "AdaComp", "TopK", "check_strategy"]
 
 #: The paper's bin lengths: about 50 for conv kernels and 500 for fully-connected / recurrent matrices.
 #: Biases and normalization parameters are tiny; they use the conv length.
 DEFAULT_BIN_SIZES = {"conv": 50, "fc": 500, "other": 50}
+#: ``AdaComp(precondition=...)``: None (the paper's rule) or "rms" (per-learner Adam second-moment scaling).
+PRECONDITIONERS = (None, "rms")
 
 # get_strategy() outside any scope returns the process-wide default strategy object (one replica).
 _DEFAULT_STRATEGY = None if tf.distribute.has_strategy() else tf.distribute.get_strategy()
@@ -55,8 +57,9 @@ class _Residual(tf.__internal__.tracking.Trackable):
     """Checkpoints one layer's residuals: all local replicas' values, stacked (a plain sync-on-read variable
     would save only the first replica's value and restore it into every replica)."""
 
-    def __init__(self, variable):
+    def __init__(self, variable, statistic: bool = False):
         self.variable = variable
+        self.statistic = statistic  # a per-replica statistic (second moment, step count), not gradient mass
 
     def _serialize_to_tensors(self):
         return {"per_replica": tf.stack([c.read_value() for c in _components(self.variable)])}
@@ -65,15 +68,19 @@ class _Residual(tf.__internal__.tracking.Trackable):
         value = restored_tensors["per_replica"]
         components = _components(self.variable)
         if value.shape[0] != len(components):
-            # A different number of local replicas: spread the total residual mass evenly, so none is lost.
-            value = tf.repeat(tf.reduce_sum(value, 0, keepdims=True) / len(components), len(components), 0)
+            # A different number of local replicas: spread the total residual mass evenly, so none is lost
+            # (a statistic is averaged instead).
+            total = tf.reduce_sum(value, 0, keepdims=True)
+            share = total / (value.shape[0] if self.statistic else len(components))
+            value = tf.repeat(share, len(components), 0)
         return tf.group([c.assign(value[i]) for i, c in enumerate(components)])
 
 
 class AdaComp(tf.Module):
     """AdaComp: per-learner residual gradient compression with a self-adjusting rate per bin.
 
-    Forward rule per layer and learner: ``G += dW``; send ``sign(G_i) * scale`` where
+    Forward rule per layer and learner: ``G += dW`` (``G += dW / (sqrt(v_hat) + eps)`` with
+    ``precondition="rms"``, see below); send ``sign(G_i) * scale`` where
     ``|G_i + dW_i| >= max_{bin(i)} |G|`` (bins of ``L_T`` elements); ``G -= sent``. The sparse updates of all
     learners are all-gathered as int32 ``sign * (index + 1)`` entries plus one count and one scale per layer,
     and summed; the optimizer steps on the sum.
@@ -87,23 +94,44 @@ class AdaComp(tf.Module):
             a dict overrides :data:`DEFAULT_BIN_SIZES`.
         residual: keep the unsent gradient (AdaComp). ``False`` is the no-residual ablation: unsent values are
             dropped.
+        precondition: None (the paper), or ``"rms"``: each learner divides its own dense gradient by the root of
+            its running second moment (Adam's ``v``: ``v = beta_2 v + (1 - beta_2) dW^2``, bias-corrected) before
+            the residual, and the exchange returns the mean of the learners' preconditioned updates. Pair it with
+            ``SGD(momentum=0.9)`` at about Adam's rate x (1 - momentum): that is Adam's update with the compression
+            between the preconditioner and the momentum. Why: the optimizer sees an element only when it is sent,
+            as one spike of the gradient accumulated since the last send; Adam divides that spike by the root of
+            its own mean square, so an element sent every N steps moves about sqrt(N) times less than under dense
+            Adam (SGD's update is linear in the sum, so SGD loses nothing). Costs one more float per weight per
+            learner (like the residual).
+        beta_2, epsilon: the second-moment decay and the denominator's epsilon for ``precondition="rms"``.
         name: module name.
 
     References:
         arXiv 1712.02679.
     """
 
-    def __init__(self, bin_sizes=None, *, residual: bool = True, name: str = "adacomp"):
+    def __init__(self, bin_sizes=None, *, residual: bool = True, precondition=None, beta_2: float = 0.999,
+                 epsilon: float = 1e-7, name: str = "adacomp"):
         super().__init__(name=name)
         if not isinstance(residual, bool):
             raise TypeError(f"`residual` must be a bool. Received: residual={residual!r}")
+        if precondition not in PRECONDITIONERS:
+            raise ValueError(f"`precondition` must be one of {PRECONDITIONERS}. Received: precondition={precondition!r}")
+        if isinstance(beta_2, bool) or not isinstance(beta_2, (int, float)) or not 0.0 < beta_2 < 1.0:
+            raise ValueError(f"`beta_2` must be a number in (0, 1). Received: beta_2={beta_2!r}")
+        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not epsilon > 0.0:
+            raise ValueError(f"`epsilon` must be a positive number. Received: epsilon={epsilon!r}")
         self.bin_sizes = _normalize_bin_sizes(bin_sizes)
         self.residual = residual
+        self.precondition = precondition
+        self.beta_2, self.epsilon = float(beta_2), float(epsilon)
         self._slots = {}
+        self._moments = {}
         self._state = None  # variables that are not checkpointed live in a plain (untracked) holder
 
     def get_config(self) -> dict:
-        return {"bin_sizes": dict(self.bin_sizes), "residual": self.residual, "name": self.name}
+        return {"bin_sizes": dict(self.bin_sizes), "residual": self.residual, "precondition": self.precondition,
+                "beta_2": self.beta_2, "epsilon": self.epsilon, "name": self.name}
 
     # -- hooks --------------------------------------------------------------------------------------------
     def select(self, accumulated: tf.Tensor, grad: tf.Tensor, kind: str) -> tf.Tensor:
@@ -135,6 +163,19 @@ class AdaComp(tf.Module):
                                        synchronization=tf.VariableSynchronization.ON_READ,
                                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
                 self._slots[key] = _Residual(slot)
+            if self.precondition:
+                with tf.init_scope():
+                    moment = tf.Variable(tf.zeros([n], var.dtype), trainable=False,
+                                         name=f"adacomp_second_moment/{key}",
+                                         synchronization=tf.VariableSynchronization.ON_READ,
+                                         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+                self._moments[key] = _Residual(moment, statistic=True)
+        if self.precondition:
+            with tf.init_scope():
+                steps = tf.Variable(tf.zeros([1], tf.float32), trainable=False, name="adacomp_moment_steps",
+                                    synchronization=tf.VariableSynchronization.ON_READ,
+                                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            self._moment_steps = _Residual(steps, statistic=True)
         with tf.init_scope():
             counters = tf.Variable(tf.zeros([_KIND_BASE + 3 * len(ops.LAYER_KINDS)], tf.float64),
                                    trainable=False, name="adacomp_counters",
@@ -166,9 +207,20 @@ class AdaComp(tf.Module):
             variables = [v for _, v in live]
             ctx.merge_call(lambda strategy: self._build_in(strategy, variables))
         layers, packed, counts, scales = [], [], [], []
+        correction = None
+        if self.precondition:
+            steps = self._moment_steps.variable
+            t = steps.read_value() + 1.0
+            steps.assign(t)
+            correction = 1.0 - tf.pow(self.beta_2, t[0])  # Adam's bias correction of v
         for grad, var in live:
             key, n, kind = self._layers[self._layer_index(var)]
             flat = tf.reshape(tf.convert_to_tensor(grad), [-1])
+            if correction is not None:
+                moment = self._moments[key].variable
+                v = self.beta_2 * moment.read_value() + (1.0 - self.beta_2) * tf.square(flat)
+                moment.assign(v)
+                flat = flat / (tf.sqrt(v / tf.cast(correction, v.dtype)) + self.epsilon)
             slot = self._slots.get(key)
             previous = slot.variable.read_value() if slot is not None else tf.zeros_like(flat)
             accumulated = previous + flat
@@ -183,6 +235,9 @@ class AdaComp(tf.Module):
         if not layers:
             return grads_and_vars
         summed = self._all_gather_sum(ctx, layers, packed, counts, scales)
+        if self.precondition:
+            # The learners' preconditioned updates are each of unit scale: their mean is the update direction.
+            summed = [s / float(ctx.num_replicas_in_sync) for s in summed]
         by_var = {id(var): s for (_, _, var, _), s in zip(layers, summed)}
         return [(by_var.get(id(v), g), v) for g, v in grads_and_vars]
 

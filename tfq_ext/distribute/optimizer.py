@@ -76,6 +76,10 @@ def with_adacomp(optimizer, compressor: AdaComp | None = None, **compressor_kwar
     elif not isinstance(compressor, AdaComp):
         raise TypeError(f"`compressor` must be an AdaComp instance. Received: compressor={compressor!r} "
                         f"(type {type(compressor).__name__})")
+    if compressor.precondition and not isinstance(optimizer, keras.optimizers.SGD):
+        raise ValueError("AdaComp(precondition='rms') already applies Adam's second-moment scaling on each learner; "
+                         "the optimizer must be SGD (momentum 0.9 gives Adam's update), not an adaptive one. "
+                         f"Received: optimizer={type(optimizer).__name__}")
     check_strategy(tf.distribute.get_strategy())
     base = type(optimizer)
     if isinstance(optimizer, _AdaCompAggregation):
