@@ -9,6 +9,8 @@ budget. The paper trained with SGD-momentum and Adam; both are arms here:
   dense_<opt>     the strategy's default all-reduce of float32 gradients
   adacomp_<opt>   AdaComp; every weight matrix (embedding, LSTM kernel and recurrent kernel, softmax) is rank 2,
                   so it is an "fc" layer with L_T = 500; biases are "other" with L_T = 50
+  adacomp_rms     AdaComp(precondition="rms") with SGD-momentum: Adam's update with the compression between the
+                  per-learner second moment and the momentum (compared with dense Adam)
 The embedding gradient arrives as ``tf.IndexedSlices``; the compressor densifies it (its residual is dense).
 Reported per arm: test bits per character at the end of every interval (the gap to the dense arm of the same
 optimizer over training), compression per layer kind per interval (index bits counted,
@@ -38,7 +40,12 @@ EMBED, UNITS = 64, 128
 CLIPNORM = 1.0
 # Peak rates from a single-device probe (600 steps each, test bpc): Adam 1e-2 2.547 (3e-3: 2.828);
 # SGD-momentum 0.9 at 2.0 2.492 (0.5: 2.795, 5.0: 2.741). Both decay to 0 on a cosine over the run.
-OPTIMIZERS = {"sgdm": ("SGD", 2.0, {"momentum": 0.9}), "adam": ("Adam", 1e-2, {})}
+OPTIMIZERS = {"sgdm": ("SGD", 2.0, {"momentum": 0.9}), "adam": ("Adam", 1e-2, {}),
+              # AdaComp(precondition="rms"): Adam's update with the compression between v and the momentum,
+              # so SGD-momentum at Adam's rate x (1 - 0.9), and no clipping (the update is unit-scale).
+              "rms": ("SGD", 1e-3, {"momentum": 0.9})}
+REFERENCE = {"rms": "adam"}  # the dense arm each optimizer is compared with (default: its own)
+CLIPPED = {"sgdm", "adam"}
 
 
 def build_lstm(keras, vocab: int):
@@ -53,23 +60,27 @@ def _arms(quick: bool) -> list:
     """(arm name, optimizer key, compressor spec)."""
     adacomp = {"bin_sizes": {"fc": 500, "other": 50}}
     arms = [("dense_sgdm", "sgdm", None), ("adacomp_sgdm", "sgdm", adacomp),
-            ("dense_adam", "adam", None), ("adacomp_adam", "adam", adacomp)]
+            ("dense_adam", "adam", None), ("adacomp_adam", "adam", adacomp),
+            ("adacomp_rms", "rms", {**adacomp, "precondition": "rms"})]
     return arms[:2] if quick else arms
 
 
 def _optimizer(keras, key: str, steps: int):
     cls, peak, kwargs = OPTIMIZERS[key]
     schedule = keras.optimizers.schedules.CosineDecay(peak, steps)
-    return getattr(keras.optimizers, cls)(schedule, global_clipnorm=CLIPNORM, **kwargs)
+    clip = {"global_clipnorm": CLIPNORM} if key in CLIPPED else {}
+    return getattr(keras.optimizers, cls)(schedule, **clip, **kwargs)
 
 
 def _describe(key: str) -> str:
     cls, peak, kwargs = OPTIMIZERS[key]
     extra = "".join(f", {k}={v}" for k, v in kwargs.items())
-    return f"{cls}(cosine {peak:g} -> 0{extra}, global_clipnorm={CLIPNORM})"
+    clip = f", global_clipnorm={CLIPNORM}" if key in CLIPPED else ""
+    return f"{cls}(cosine {peak:g} -> 0{extra}{clip})"
 
 
-def run_arms(quick: bool, steps: int | None = None, intervals: int = 5, test_sequences: int | None = None) -> dict:
+def run_arms(quick: bool, steps: int | None = None, intervals: int = 5, test_sequences: int | None = None,
+             only=None) -> dict:
     """Trains every arm in this process (which must not have initialised TensorFlow's devices yet)."""
     from tfq_ext._keras import keras, tf
 
@@ -102,6 +113,8 @@ def run_arms(quick: bool, steps: int | None = None, intervals: int = 5, test_seq
 
     results = {}
     for name, key, spec in _arms(quick):
+        if only and name not in only:
+            continue
         keras.utils.set_random_seed(SEED)
         dataset = (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=SEED).repeat()
                    .batch(BATCH, drop_remainder=True).with_options(options))
@@ -133,16 +146,29 @@ def run_arms(quick: bool, steps: int | None = None, intervals: int = 5, test_seq
 
 
 def main(out_dir, quick: bool = False, command: str = "", steps: int | None = None,
-         test_sequences: int | None = None) -> dict:
+         test_sequences: int | None = None, arms=None) -> dict:
     """Runs the arms in a fresh process and writes ``adacomp_lm.json`` / ``adacomp_lm.md`` to ``out_dir``.
 
     ``steps`` / ``test_sequences`` override the sizes (quick: 40 steps, 200 test windows; full: 1000, 1000).
+    ``arms``: names of a subset to run; the other arms already in the JSON are kept.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    args = ["--quick" if quick else "--full", str(steps or 0), str(test_sequences or 0)]
+    known = [a[0] for a in _arms(quick)]
+    if arms and set(arms) - set(known):
+        raise ValueError(f"`arms` must be among {known}. Received: {list(arms)}")
+    args = ["--quick" if quick else "--full", str(steps or 0), str(test_sequences or 0), ",".join(arms or [])]
     report = run_fresh("benchmarks.adacomp_lm", out_dir, "adacomp_lm", quick, command, args)
     name = "adacomp_lm_quick" if quick else "adacomp_lm"
+    previous = out_dir / f"{name}.json"
+    if arms and previous.exists():
+        old = json.loads(previous.read_text())
+        merged = {k: v for k, v in old["results"].items() if k not in arms}
+        merged.update(report["results"])
+        report["results"] = {k: merged[k] for k in known if k in merged}
+        report["commands"] = {**old.get("commands", {k: old["command"] for k in old["results"]}),
+                              **{k: command for k in arms}}
+        report["seconds"] = round(sum(r["seconds"] for r in report["results"].values()), 1)
     (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2))
     (out_dir / f"{name}.md").write_text(_table(report))
     print(_table(report), flush=True)
@@ -165,7 +191,7 @@ def _table(report) -> str:
     lines = [intro, "", header, "|---|---|---:|---:|---:|---:|---:|---:|"]
 
     def reference(row):
-        return results.get(f"dense_{row['optimizer']}", row)["test_bpc"]
+        return results.get(f"dense_{REFERENCE.get(row['optimizer'], row['optimizer'])}", row)["test_bpc"]
 
     for name, row in results.items():
         comp = row.get("compression", {})
@@ -177,15 +203,19 @@ def _table(report) -> str:
               "| arm | " + " | ".join(f"steps {(i + 1) * per}" for i in range(n)) + " |", "|---|" + "---:|" * n]
     for name, row in results.items():
         stats = row.get("per_interval") or [{}] * len(row["test_bpc_curve"])
-        dense = results.get(f"dense_{row['optimizer']}", row)["test_bpc_curve"]
+        dense = results.get(f"dense_{REFERENCE.get(row['optimizer'], row['optimizer'])}", row)["test_bpc_curve"]
         cells = [f"{bpc:.3f} ({bpc - d:+.3f}) / {p.get('fc_compression', 1):.0f}x"
                  for p, bpc, d in zip(stats, row["test_bpc_curve"], dense)]
         lines.append(f"| {name} | {' | '.join(cells)} |")
-    lines += ["", f"Command: `{report['command']}`; {report['seconds']} s."]
+    if "commands" in report:
+        lines += [""] + [f"- {arm}: `{cmd}`" for arm, cmd in report["commands"].items()]
+        lines += ["", f"Sum of the arms' training time: {report['seconds']} s."]
+    else:
+        lines += ["", f"Command: `{report['command']}`; {report['seconds']} s."]
     return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
     out = run_arms(quick=sys.argv[2] == "--quick", steps=int(sys.argv[3]) or None,
-                   test_sequences=int(sys.argv[4]) or None)
+                   test_sequences=int(sys.argv[4]) or None, only=[a for a in sys.argv[5].split(",") if a])
     Path(sys.argv[1]).write_text(json.dumps(out, default=float))

@@ -9,8 +9,8 @@ its test bpc is logged along the way to show how far from converged it is):
   plain -> iPQ        the float model fine-tuned ``finetune_steps`` more steps without noise, then iPQ
   Quant-Noise -> iPQ  the float model fine-tuned the same steps with "pq" noise at per-kind rates, then the same
                       iPQ (same stages, same centroid fine-tuning data, steps and optimizer)
-at two compression levels (block sizes of embeddings / attention projections and of feed-forward / softmax
-layers: 4 / 8 and 8 / 16). iPQ: K=256, three stages as in the paper (feed-forward, attention, embeddings and
+at two compression levels (K=256 with blocks of 4 for embeddings / attention projections and 8 for feed-forward /
+softmax layers; K=64 with blocks of 8 / 16). iPQ: three stages as in the paper (feed-forward, attention, embeddings and
 softmax), ``stage_steps`` steps of centroid fine-tuning after each. Seed 0 also runs the noise-rate ablation
 (one rate for every layer) at the first level.
 
@@ -38,7 +38,10 @@ import numpy as np
 from tfq_ext._keras import keras, tf
 
 SEQ_LEN, BATCH = 64, 64
-LEVELS = {"b4/8": (4, 8), "b8/16": (8, 16)}  # (embedding + attention block, feed-forward + softmax block)
+# (embedding + attention block, feed-forward + softmax block, K). Larger blocks alone do not shrink this small
+# model: at K=256 its codebooks (K x d float16 per layer) grow as fast as its indices shrink (d 8/16: 129.6 KB
+# vs 127.2 KB at d 4/8), so the second level also has fewer centroids.
+LEVELS = {"K256_d4/8": (4, 8, 256), "K64_d8/16": (8, 16, 64)}
 NOISE = {"dense": 0.2, "embedding": 0.1, **{f"attn{i}_{n}": 0.1 for i in range(2) for n in "qkvo"}}
 ABLATION_RATES = (0.5,)  # one rate for every layer, seed 0, first level
 
@@ -132,20 +135,21 @@ def finetune(model, x, y, steps: int, seed: int, noise_rate=None, block_sizes=No
     return tuned
 
 
-def ipq(model, x, y, block_sizes, stages, stage_steps: int, seed: int):
-    """(model, stage records): iPQ K=256 in ``stages``, ``stage_steps`` steps of centroid fine-tuning after each."""
+def ipq(model, x, y, block_sizes, stages, stage_steps: int, seed: int, k: int = 256):
+    """(model, stage records): iPQ with ``k`` centroids per layer in ``stages``, ``stage_steps`` steps of centroid
+    fine-tuning after each."""
     from tfq_ext.quant_noise import quantize_pq
 
     rows = np.random.default_rng(seed + 1000).permutation(len(x))[:stage_steps * BATCH]
     keras.utils.set_random_seed(seed)
-    after, records = quantize_pq(model, x[rows], y[rows], n_centroids=256, block_sizes=block_sizes, stages=stages,
+    after, records = quantize_pq(model, x[rows], y[rows], n_centroids=k, block_sizes=block_sizes, stages=stages,
                                  finetune_epochs=1, batch_size=BATCH, loss=_loss(), seed=seed,
                                  optimizer=lambda: cosine_adam(3e-4, stage_steps), metrics=(), verbose=0)
     return after, records
 
 
 def _block_sizes(level):
-    small, large = LEVELS[level]
+    small, large, _ = LEVELS[level]
     sizes = {"embedding": small, "dense": large}
     sizes.update({f"attn{i}_{n}": small for i in range(2) for n in "qkvo"})
     return sizes
@@ -188,7 +192,7 @@ def main(out_dir, quick: bool = False, command: str = "", seeds: int | None = No
             start = time.perf_counter()
             tuned = finetune(float_model, x, y, finetune_steps, seed, noise_rate=rate, block_sizes=sizes)
             tuned_bpc = bits_per_char(tuned, xt, yt)
-            after, _ = ipq(tuned, x, y, sizes, stages, stage_steps, seed)
+            after, _ = ipq(tuned, x, y, sizes, stages, stage_steps, seed, k=LEVELS[level][2])
             size = model_size(after)
             row = {"level": level, "noise_rate": rate, "bpc_after_finetune": tuned_bpc, "bpc": bits_per_char(after, xt, yt),
                    "bytes": size.bytes, "compression": run["float"]["bytes"] / size.bytes,
@@ -232,7 +236,7 @@ def _table(report) -> str:
 
     lines = [f"Char transformer (2 layers, d=128, context {setup['seq_len']}), {setup['seeds']} seed(s); float "
              f"{setup['float_steps']} steps of batch {setup['batch']}, fine-tune {setup['finetune_steps']} steps, "
-             f"iPQ K=256 in 3 stages with {setup['stage_steps']} centroid fine-tuning steps each. Test bpc on "
+             f"iPQ (levels: K and block sizes) in 3 stages with {setup['stage_steps']} centroid fine-tuning steps each. Test bpc on "
              f"{setup['test_windows']} held-out windows (mean ± std over seeds; lower is better).", "",
              f"float: {cell(summary['float'])} bpc", "",
              "| arm | seeds | after fine-tune (float weights) | iPQ | bytes | compression |",
