@@ -120,14 +120,14 @@ def _copy(model):
     return copy
 
 
-def finetune(model, x, y, steps: int, seed: int, noise_rate=None, block_sizes=None):
+def finetune(model, x, y, steps: int, seed: int, noise_rate=None, block_sizes=None, k: int = 256):
     """``steps`` more steps (Adam 5e-4, cosine to 0) of a copy of ``model``; with "pq" Quant-Noise when
-    ``noise_rate`` is given (refreshed centroids every 100 batches)."""
+    ``noise_rate`` is given (``k`` centroids, as the iPQ that follows; refreshed every 100 batches)."""
     from tfq_ext.quant_noise import QuantNoiseCentroidRefresh, add_quant_noise
 
     keras.utils.set_random_seed(seed)
     tuned = _copy(model) if noise_rate is None else add_quant_noise(model, noise_rate=noise_rate, noise="pq",
-                                                                    block_sizes=block_sizes)
+                                                                    block_sizes=block_sizes, n_centroids=k)
     tuned.compile(cosine_adam(5e-4, steps), _loss())
     rows = np.random.default_rng(seed).permutation(len(x))[:steps * BATCH]
     callbacks = [] if noise_rate is None else [QuantNoiseCentroidRefresh(every_n_batches=100)]
@@ -190,9 +190,10 @@ def main(out_dir, quick: bool = False, command: str = "", seeds: int | None = No
         for arm, level, rate in arms:
             sizes = _block_sizes(level)
             start = time.perf_counter()
-            tuned = finetune(float_model, x, y, finetune_steps, seed, noise_rate=rate, block_sizes=sizes)
+            k = LEVELS[level][2]
+            tuned = finetune(float_model, x, y, finetune_steps, seed, noise_rate=rate, block_sizes=sizes, k=k)
             tuned_bpc = bits_per_char(tuned, xt, yt)
-            after, _ = ipq(tuned, x, y, sizes, stages, stage_steps, seed, k=LEVELS[level][2])
+            after, _ = ipq(tuned, x, y, sizes, stages, stage_steps, seed, k=k)
             size = model_size(after)
             row = {"level": level, "noise_rate": rate, "bpc_after_finetune": tuned_bpc, "bpc": bits_per_char(after, xt, yt),
                    "bytes": size.bytes, "compression": run["float"]["bytes"] / size.bytes,
