@@ -73,15 +73,25 @@ def _bits_per_char(model, x, y) -> float:
 class Task:
     """Data, model, training budget and metric of one benchmark task."""
 
-    def __init__(self, name, build, data, metric, metric_name, higher_is_better, epochs, finetune, lr, batch):
+    def __init__(self, name, build, data, metric, metric_name, higher_is_better, epochs, finetune, lr, batch,
+                 cosine_finetune=False, bits=BITS):
         self.name, self.build, self.metric, self.metric_name = name, build, metric, metric_name
         self.x, self.y, self.xt, self.yt = data
         self.higher_is_better, self.epochs, self.finetune, self.lr, self.batch = (higher_is_better, epochs,
                                                                                   finetune, lr, batch)
+        self.cosine_finetune = cosine_finetune
+        self.bits = tuple(bits)
 
-    def fit(self, model, epochs, optimizer=None, callbacks=()):
+    def optimizer(self, epochs, finetune: bool = True):
+        """Adam at ``lr``; a fine-tune of a task with ``cosine_finetune`` decays it to 0 over its steps."""
+        if not (finetune and self.cosine_finetune):
+            return keras.optimizers.Adam(self.lr)
+        steps = int(math.ceil(len(self.x) * epochs / self.batch))
+        return keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(self.lr, steps))
+
+    def fit(self, model, epochs, optimizer=None, callbacks=(), finetune: bool = True):
         """Trains ``epochs`` epochs (a fraction trains on that share of the data, once)."""
-        model.compile(optimizer or keras.optimizers.Adam(self.lr), _loss())
+        model.compile(optimizer or self.optimizer(epochs, finetune), _loss())
         whole, part = int(epochs), epochs - int(epochs)
         if whole:
             model.fit(self.x, self.y, batch_size=self.batch, epochs=whole, verbose=0, callbacks=list(callbacks))
@@ -124,8 +134,8 @@ def transformer_task(quick: bool) -> Task:
     test = 300 if quick else 2000
     return Task("transformer", lambda: build_transformer(len(vocab), SEQ_LEN), (x[rows], y[rows], xt[:test],
                                                                                 yt[:test]),
-                _bits_per_char, "bits_per_char", False, epochs=1 if quick else 4, finetune=0.5 if quick else 1.0,
-                lr=1e-3, batch=64)
+                _bits_per_char, "bits_per_char", False, epochs=1 if quick else 4, finetune=0.5 if quick else 2.0,
+                lr=1e-3, batch=64, cosine_finetune=True, bits=(2, 3, 4))
 
 
 # --- arms -----------------------------------------------------------------------------------------------------
@@ -150,7 +160,7 @@ def run_task(task: Task, penalties, out_dir: Path) -> dict:
     keras.utils.set_random_seed(SEED)
     start = time.perf_counter()
     log(f"{task.name}: float training, {task.epochs} epoch(s) on {len(task.x)} examples")
-    checkpoint = task.fit(task.build(), task.epochs)
+    checkpoint = task.fit(task.build(), task.epochs, finetune=False)
     initial_weights = checkpoint.get_weights()
     float_model = task.fit(checkpoint, task.finetune)
     results["float"] = _entry(task, float_model, time.perf_counter() - start)
@@ -161,7 +171,7 @@ def run_task(task: Task, penalties, out_dir: Path) -> dict:
         model.set_weights(initial_weights)
         return model
 
-    for bits in BITS:
+    for bits in task.bits:
         t0 = time.perf_counter()
         results[f"ptq_{bits}"] = _entry(task, diffq.apply_uniform(float_model, bits, min_size=0.0),
                                         time.perf_counter() - t0, bits=bits)
@@ -176,7 +186,7 @@ def run_task(task: Task, penalties, out_dir: Path) -> dict:
         keras.utils.set_random_seed(SEED)
         t0 = time.perf_counter()
         model = diffq.apply_diffq(from_checkpoint(), penalty=penalty, **DIFFQ)
-        optimizer = diffq.DiffQOptimizer(keras.optimizers.Adam(task.lr), bits_learning_rate=BITS_LR)
+        optimizer = diffq.DiffQOptimizer(task.optimizer(task.finetune), bits_learning_rate=BITS_LR)
         task.fit(model, task.finetune, optimizer=optimizer)
         per_layer = {name: float(np.mean(b)) for name, b in diffq.learned_bits(model).items()}
         key = f"diffq_p{penalty:g}"
@@ -299,7 +309,7 @@ def main(out_dir, quick: bool = False, command: str = "", tasks=TASKS) -> dict:
         report["commands"] = {k: old.get("commands", {}).get(k, old["command"]) for k in report["tasks"]}
     makers = {"fashion_mnist": (fashion_task, (1.0, 4.0, 32.0), (8.0,)),
               "shakespeare": (shakespeare_task, (4.0, 16.0, 64.0), (16.0,)),
-              "transformer": (transformer_task, (4.0, 16.0, 64.0), (16.0,))}
+              "transformer": (transformer_task, (2.0, 4.0, 8.0), (16.0,))}
     for key in tasks:
         maker, full, short = makers[key]
         task, penalties = maker(quick), (short if quick else full)
