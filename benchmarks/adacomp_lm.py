@@ -11,6 +11,8 @@ budget. The paper trained with SGD-momentum and Adam; both are arms here:
                   so it is an "fc" layer with L_T = 500; biases are "other" with L_T = 50
   adacomp_rms     AdaComp(precondition="rms") with SGD-momentum: Adam's update with the compression between the
                   per-learner second moment and the momentum (compared with dense Adam)
+  ..._LT100       AdaComp with bins of 100 / 10 (each element is sent about 5x more often)
+  ..._3x          dense and AdaComp SGD-momentum trained 3x as many steps
 The embedding gradient arrives as ``tf.IndexedSlices``; the compressor densifies it (its residual is dense).
 Reported per arm: test bits per character at the end of every interval (the gap to the dense arm of the same
 optimizer over training), compression per layer kind per interval (index bits counted,
@@ -57,11 +59,14 @@ def build_lstm(keras, vocab: int):
 
 
 def _arms(quick: bool) -> list:
-    """(arm name, optimizer key, compressor spec)."""
+    """(arm name, optimizer key, compressor spec, steps as a multiple of the run's steps, reference arm)."""
     adacomp = {"bin_sizes": {"fc": 500, "other": 50}}
-    arms = [("dense_sgdm", "sgdm", None), ("adacomp_sgdm", "sgdm", adacomp),
-            ("dense_adam", "adam", None), ("adacomp_adam", "adam", adacomp),
-            ("adacomp_rms", "rms", {**adacomp, "precondition": "rms"})]
+    arms = [("dense_sgdm", "sgdm", None, 1, None), ("adacomp_sgdm", "sgdm", adacomp, 1, "dense_sgdm"),
+            ("dense_adam", "adam", None, 1, None), ("adacomp_adam", "adam", adacomp, 1, "dense_adam"),
+            ("adacomp_rms", "rms", {**adacomp, "precondition": "rms"}, 1, "dense_adam"),
+            # Staleness ablations: a shorter bin (sends ~5x more often) and a 3x longer run.
+            ("adacomp_sgdm_LT100", "sgdm", {"bin_sizes": {"fc": 100, "other": 10}}, 1, "dense_sgdm"),
+            ("dense_sgdm_3x", "sgdm", None, 3, None), ("adacomp_sgdm_3x", "sgdm", adacomp, 3, "dense_sgdm_3x")]
     return arms[:2] if quick else arms
 
 
@@ -95,8 +100,7 @@ def run_arms(quick: bool, steps: int | None = None, intervals: int = 5, test_seq
     xt, yt = xt[:test_sequences], yt[:test_sequences]
     steps = steps or (40 if quick else 1000)
     intervals = min(intervals, steps)
-    per_interval = steps // intervals
-    steps = per_interval * intervals
+    steps = (steps // intervals) * intervals
 
     def test_bpc(model) -> float:
         logits = model.predict(xt, batch_size=256, verbose=0)
@@ -112,24 +116,26 @@ def run_arms(quick: bool, steps: int | None = None, intervals: int = 5, test_seq
             self.values.append(test_bpc(self.model))
 
     results = {}
-    for name, key, spec in _arms(quick):
+    for name, key, spec, multiple, reference in _arms(quick):
         if only and name not in only:
             continue
+        arm_steps = steps * multiple
+        per_interval = arm_steps // intervals
         keras.utils.set_random_seed(SEED)
         dataset = (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=SEED).repeat()
                    .batch(BATCH, drop_remainder=True).with_options(options))
         with strategy.scope():
             model = build_lstm(keras, len(vocab))
-            optimizer, compressor = compressed_optimizer(_optimizer(keras, key, steps), spec, results)
+            optimizer, compressor = compressed_optimizer(_optimizer(keras, key, arm_steps), spec, results)
             model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         curve = TestCurve()
         callbacks = ([AdaCompLogger()] if compressor is not None else []) + [curve]
-        log(f"{name}: {steps} steps ({intervals} x {per_interval}), {LEARNERS} learners, {_describe(key)}")
+        log(f"{name}: {arm_steps} steps ({intervals} x {per_interval}), {LEARNERS} learners, {_describe(key)}")
         start = time.perf_counter()
         history = model.fit(dataset, epochs=intervals, steps_per_epoch=per_interval, verbose=0, callbacks=callbacks)
         seconds = time.perf_counter() - start
         n_params = int(sum(np.prod(w.shape) for w in model.trainable_weights))
-        row = {"optimizer": key, "test_bpc": curve.values[-1], "test_bpc_curve": curve.values,
+        row = {"optimizer": key, "steps": arm_steps, "reference": reference or name, "test_bpc": curve.values[-1], "test_bpc_curve": curve.values,
                "train_bpc": [float(v) / math.log(2.0) for v in history.history["loss"]], "seconds": round(seconds, 1)}
         row.update(traffic(compressor, n_params, callbacks[0].epochs if compressor is not None else None,
                            "per_interval"))
@@ -185,25 +191,31 @@ def _table(report) -> str:
              + f". Test: the first {setup['test_sequences']} windows of the held-out last 5% of the corpus. "
              "Compression counts index bits (fc: embedding, LSTM kernels, softmax; other: biases); bytes are what "
              "each learner sends per step (int32 entries + header vs float32 dense). Each arm is compared with the "
-             "dense arm of its optimizer.")
-    header = ("| arm | optimizer | test bpc | vs dense (same optimizer) | fc compression | bias compression | "
+             "dense arm of its optimizer and length (adacomp_rms: with dense Adam).")
+    header = ("| arm | optimizer | steps | test bpc | vs its dense arm | fc compression | bias compression | "
               "bytes/learner/step | vs dense |")
-    lines = [intro, "", header, "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [intro, "", header, "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def dense_of(row):
+        if "reference" in row:
+            return results.get(row["reference"], row)
+        return results.get(f"dense_{REFERENCE.get(row['optimizer'], row['optimizer'])}", row)
 
     def reference(row):
-        return results.get(f"dense_{REFERENCE.get(row['optimizer'], row['optimizer'])}", row)["test_bpc"]
+        return dense_of(row)["test_bpc"]
 
     for name, row in results.items():
         comp = row.get("compression", {})
         cells = [f"{comp[k]:.0f}x" if k in comp else "1x" for k in ("fc", "other")]
-        lines.append(f"| {name} | {row['optimizer']} | {row['test_bpc']:.4f} | {row['test_bpc'] - reference(row):+.4f} | "
+        lines.append(f"| {name} | {row['optimizer']} | {row.get('steps', setup['steps'])} | {row['test_bpc']:.4f} | "
+                     f"{row['test_bpc'] - reference(row):+.4f} | "
                      f"{' | '.join(cells)} | {row['wire_bytes_per_step']:.0f} | {row['wire_reduction']:.1f}x |")
-    lines += ["", f"Over training ({n} intervals of {per} steps): test bpc (gap to dense of the same optimizer) / "
-              "fc compression in the interval.", "",
-              "| arm | " + " | ".join(f"steps {(i + 1) * per}" for i in range(n)) + " |", "|---|" + "---:|" * n]
+    lines += ["", f"Over training ({n} intervals, of {per} steps for the {setup['steps']}-step arms): test bpc (gap "
+              "to its dense arm) / fc compression in the interval.", "",
+              "| arm | " + " | ".join(f"interval {i + 1}" for i in range(n)) + " |", "|---|" + "---:|" * n]
     for name, row in results.items():
         stats = row.get("per_interval") or [{}] * len(row["test_bpc_curve"])
-        dense = results.get(f"dense_{REFERENCE.get(row['optimizer'], row['optimizer'])}", row)["test_bpc_curve"]
+        dense = dense_of(row)["test_bpc_curve"]
         cells = [f"{bpc:.3f} ({bpc - d:+.3f}) / {p.get('fc_compression', 1):.0f}x"
                  for p, bpc, d in zip(stats, row["test_bpc_curve"], dense)]
         lines.append(f"| {name} | {' | '.join(cells)} |")
