@@ -186,8 +186,8 @@ def _table(report) -> str:
     n, per = setup["logging_intervals"], setup["steps"] // setup["logging_intervals"]
     intro = (f"Shakespeare character LSTM, {setup['model']}, {setup['learners']} learners (MirroredStrategy over "
              f"logical CPUs), {setup['steps']} steps of global batch {setup['global_batch']} x {setup['seq_len']} "
-             f"characters ({setup['train_sequences_seen']} of {setup['train_sequences_available']} training "
-             f"windows). Optimizers: " + "; ".join(f"{k}: {v}" for k, v in setup["optimizers"].items())
+             f"characters ({setup['train_sequences_seen'] / setup['train_sequences_available']:.2f} passes over the "
+             f"{setup['train_sequences_available']} training windows). Optimizers: " + "; ".join(f"{k}: {v}" for k, v in setup["optimizers"].items())
              + f". Test: the first {setup['test_sequences']} windows of the held-out last 5% of the corpus. "
              "Compression counts index bits (fc: embedding, LSTM kernels, softmax; other: biases); bytes are what "
              "each learner sends per step (int32 entries + header vs float32 dense). Each arm is compared with the "
