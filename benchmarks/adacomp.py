@@ -62,7 +62,10 @@ def compressed_optimizer(optimizer, spec, results: dict):
     if spec == "matched":
         compressor = TopK({k: 1.0 / max(v, 1e-12) for k, v in results["adacomp"]["sent_fraction"].items()})
     else:
+        spec = dict(spec)
+        clipping = spec.pop("learner_clipping", True)
         compressor = AdaComp(**spec)
+        return with_adacomp(optimizer, compressor=compressor, learner_clipping=clipping), compressor
     return with_adacomp(optimizer, compressor=compressor), compressor
 
 

@@ -11,6 +11,8 @@ budget. The paper trained with SGD-momentum and Adam; both are arms here:
                   so it is an "fc" layer with L_T = 500; biases are "other" with L_T = 50
   adacomp_rms     AdaComp(precondition="rms") with SGD-momentum: Adam's update with the compression between the
                   per-learner second moment and the momentum (compared with dense Adam)
+  ..._clip_after  the optimizer's clipping applied to the aggregated sparse update (tf_keras's place for it;
+                  ``with_adacomp(learner_clipping=False)``) instead of to each learner's gradient
   ..._LT100       AdaComp with bins of 100 / 10 (each element is sent about 5x more often)
   ..._3x          dense and AdaComp SGD-momentum trained 3x as many steps
 The embedding gradient arrives as ``tf.IndexedSlices``; the compressor densifies it (its residual is dense).
@@ -64,6 +66,12 @@ def _arms(quick: bool) -> list:
     arms = [("dense_sgdm", "sgdm", None, 1, None), ("adacomp_sgdm", "sgdm", adacomp, 1, "dense_sgdm"),
             ("dense_adam", "adam", None, 1, None), ("adacomp_adam", "adam", adacomp, 1, "dense_adam"),
             ("adacomp_rms", "rms", {**adacomp, "precondition": "rms"}, 1, "dense_adam"),
+            # Clipping ablation: tf_keras's clipping of the aggregated update (what with_adacomp did before
+            # learner_clipping): it scales down the sends that residual accumulation makes large.
+            ("adacomp_sgdm_clip_after", "sgdm", {**adacomp, "learner_clipping": False}, 1, "dense_sgdm"),
+            ("adacomp_adam_clip_after", "adam", {**adacomp, "learner_clipping": False}, 1, "dense_adam"),
+            ("adacomp_sgdm_LT100_clip_after", "sgdm", {"bin_sizes": {"fc": 100, "other": 10}, "learner_clipping": False},
+             1, "dense_sgdm"),
             # Staleness ablations: a shorter bin (sends ~5x more often) and a 3x longer run.
             ("adacomp_sgdm_LT100", "sgdm", {"bin_sizes": {"fc": 100, "other": 10}}, 1, "dense_sgdm"),
             ("dense_sgdm_3x", "sgdm", None, 3, None), ("adacomp_sgdm_3x", "sgdm", adacomp, 3, "dense_sgdm_3x")]

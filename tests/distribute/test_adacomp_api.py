@@ -178,3 +178,30 @@ def test_rms_precondition_matches_a_numpy_reference_and_checkpoints(tmp_path):
     np.testing.assert_allclose(fresh._moments["w"].variable.numpy(), v, rtol=1e-5)
     assert float(fresh._moment_steps.variable.numpy()[0]) == 2.0
     np.testing.assert_allclose(fresh.residual_values()["w"][0], residual, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("clip,reference", [
+    ({"global_clipnorm": 1.0}, lambda g: tf.clip_by_global_norm([g], 1.0)[0][0]),
+    ({"clipnorm": 0.5}, lambda g: tf.clip_by_norm(g, 0.5)),
+    ({"clipvalue": 2.0}, lambda g: tf.clip_by_value(g, -2.0, 2.0)),
+], ids=["global_clipnorm", "clipnorm", "clipvalue"])
+def test_clipping_happens_before_the_residual_so_no_mass_is_lost(clip, reference):
+    """Each step's gradient is clipped, then accumulated; the optimizer does not clip the sparse update again,
+    so weights - lr x residual equal -lr x the sum of the clipped gradients (a post-aggregation clip would
+    scale down the large sends that residual accumulation produces)."""
+    lr, steps = 0.5, 25
+    var = tf.Variable(tf.zeros([16]), name="w")
+    optimizer = with_adacomp(keras.optimizers.SGD(lr, **clip), bin_sizes=16)  # one bin: few sends, big spikes
+    assert optimizer._clip_gradients([tf.ones([3]) * 100.0])[0].numpy().max() == 100.0
+    grad = tf.constant(np.linspace(0.2, 3.0, 16), tf.float32)
+    largest = 0.0
+    for _ in range(steps):
+        before = var.numpy().copy()
+        optimizer.apply_gradients([(grad, var)])
+        largest = max(largest, float(np.linalg.norm(var.numpy() - before)) / lr)
+    clipped = reference(grad).numpy()
+    residual = optimizer.adacomp.residual_values()["w"][0]
+    assert np.abs(residual).max() > 0.1  # mass is waiting in the residual
+    np.testing.assert_allclose(var.numpy() - lr * residual, -lr * steps * clipped, rtol=1e-4, atol=1e-4)
+    # Some sends were larger than the clipping threshold: clipping them after aggregation would have lost mass.
+    assert largest > max(clip.values()) * 1.5

@@ -189,10 +189,13 @@ class AdaComp(tf.Module):
         return {k: np.stack([c.numpy() for c in _components(s.variable)]) for k, s in self._slots.items()}
 
     # -- the exchange -----------------------------------------------------------------------------------
-    def exchange(self, grads_and_vars):
+    def exchange(self, grads_and_vars, clip=None):
         """Compresses this replica's gradients, all-gathers the sparse updates and returns their sum.
 
         Must run in replica context (as ``Optimizer.aggregate_gradients`` does inside ``model.fit``).
+        ``clip``: the optimizer's ``{"clipnorm" | "global_clipnorm" | "clipvalue": threshold}``, applied to this
+        replica's gradient at threshold / replicas before the residual (so the sum of aligned gradients is clipped
+        as the dense sum would be, and nothing already in the residual is clipped away later).
 
         Returns:
             A list of ``(summed gradient, variable)`` pairs, identical on every replica.
@@ -206,6 +209,9 @@ class AdaComp(tf.Module):
         if not self.built:
             variables = [v for _, v in live]
             ctx.merge_call(lambda strategy: self._build_in(strategy, variables))
+        if clip:
+            live = list(zip(_clip_local(clip, [tf.convert_to_tensor(g) for g, _ in live], ctx.num_replicas_in_sync),
+                            [v for _, v in live]))
         layers, packed, counts, scales = [], [], [], []
         correction = None
         if self.precondition:
@@ -347,6 +353,21 @@ class TopK(AdaComp):
     def select(self, accumulated, grad, kind):
         n = int(accumulated.shape[0])
         return ops.topk_mask(accumulated, max(1, math.ceil(n / self.rates[kind])))
+
+
+def _clip_local(clip: dict, grads, replicas: int):
+    """tf_keras's clipping rule (clipnorm, else global_clipnorm, else clipvalue) at threshold / replicas."""
+    unknown = set(clip) - {"clipnorm", "global_clipnorm", "clipvalue"}
+    if unknown:
+        raise ValueError(f"`clip` keys must be clipnorm, global_clipnorm or clipvalue. Received: {sorted(unknown)}")
+    if clip.get("clipnorm"):
+        return [tf.clip_by_norm(g, clip["clipnorm"] / replicas) for g in grads]
+    if clip.get("global_clipnorm"):
+        return tf.clip_by_global_norm(grads, clip["global_clipnorm"] / replicas)[0]
+    if clip.get("clipvalue"):
+        bound = clip["clipvalue"] / replicas
+        return [tf.clip_by_value(g, -bound, bound) for g in grads]
+    return grads
 
 
 class _Holder:

@@ -20,11 +20,26 @@ _CLASSES: dict = {}
 
 
 class _AdaCompAggregation:
-    """Mixin placed before a tf_keras optimizer class: aggregation through ``self.adacomp``."""
+    """Mixin placed before a tf_keras optimizer class: aggregation through ``self.adacomp``.
+
+    Gradient clipping (``clipnorm``, ``global_clipnorm``, ``clipvalue``) moves into the exchange: each learner
+    clips its own gradient at threshold / learners before the residual. tf_keras clips after aggregation, which
+    here would scale down the sparse update, residual mass included, and that mass would be lost for good.
+    """
+
+    adacomp_learner_clipping = True
 
     def aggregate_gradients(self, grads_and_vars):
         check_strategy(self._distribution_strategy)
-        return self.adacomp.exchange(grads_and_vars)
+        if not self.adacomp_learner_clipping:
+            return self.adacomp.exchange(grads_and_vars)
+        clip = {"clipnorm": self.clipnorm, "global_clipnorm": self.global_clipnorm, "clipvalue": self.clipvalue}
+        return self.adacomp.exchange(grads_and_vars, clip={k: v for k, v in clip.items() if v})
+
+    def _clip_gradients(self, grads):
+        if not self.adacomp_learner_clipping:
+            return super()._clip_gradients(grads)
+        return grads  # already clipped by each learner in aggregate_gradients
 
 
 def _subclass(cls):
@@ -34,7 +49,8 @@ def _subclass(cls):
     return _CLASSES[cls]
 
 
-def with_adacomp(optimizer, compressor: AdaComp | None = None, **compressor_kwargs):
+def with_adacomp(optimizer, compressor: AdaComp | None = None, *, learner_clipping: bool = True,
+                 **compressor_kwargs):
     """Returns a copy of ``optimizer`` that exchanges AdaComp-compressed sparse gradients between replicas.
 
     Forward rule per step: each replica compresses its gradient with its own residual (see :class:`AdaComp`),
@@ -51,6 +67,10 @@ def with_adacomp(optimizer, compressor: AdaComp | None = None, **compressor_kwar
     Args:
         optimizer: a tf_keras optimizer (``keras.optimizers.Optimizer``); its config is copied.
         compressor: an :class:`AdaComp` (or subclass) instance; default ``AdaComp(**compressor_kwargs)``.
+        learner_clipping: the optimizer's ``clipnorm`` / ``global_clipnorm`` / ``clipvalue`` is applied by each
+            learner to its own gradient, at threshold / learners, before the residual (default). ``False`` keeps
+            tf_keras's clipping of the aggregated update, which scales down the large sends that residual
+            accumulation produces and loses that mass (the ablation in ``benchmarks/adacomp_lm.py``).
         **compressor_kwargs: passed to :class:`AdaComp` when ``compressor`` is not given.
 
     Returns:
@@ -84,6 +104,9 @@ def with_adacomp(optimizer, compressor: AdaComp | None = None, **compressor_kwar
     base = type(optimizer)
     if isinstance(optimizer, _AdaCompAggregation):
         base = base.__mro__[2]
+    if not isinstance(learner_clipping, bool):
+        raise TypeError(f"`learner_clipping` must be a bool. Received: learner_clipping={learner_clipping!r}")
     wrapped = _subclass(base).from_config(optimizer.get_config())
     wrapped.adacomp = compressor
+    wrapped.adacomp_learner_clipping = learner_clipping
     return wrapped
