@@ -13,6 +13,8 @@ budget. The paper trained with SGD-momentum and Adam; both are arms here:
                   per-learner second moment and the momentum (compared with dense Adam)
   ..._clip_after  the optimizer's clipping applied to the aggregated sparse update (tf_keras's place for it;
                   ``with_adacomp(learner_clipping=False)``) instead of to each learner's gradient
+  ..._exact       the same selection with each sent element's own float32 value instead of sign x scale
+                  (``AdaComp(quantize=False)``; the value's 32 bits are counted)
   ..._LT100       AdaComp with bins of 100 / 10 (each element is sent about 5x more often)
   ..._3x          dense and AdaComp SGD-momentum trained 3x as many steps
 The embedding gradient arrives as ``tf.IndexedSlices``; the compressor densifies it (its residual is dense).
@@ -72,6 +74,8 @@ def _arms(quick: bool) -> list:
             ("adacomp_adam_clip_after", "adam", {**adacomp, "learner_clipping": False}, 1, "dense_adam"),
             ("adacomp_sgdm_LT100_clip_after", "sgdm", {"bin_sizes": {"fc": 100, "other": 10}, "learner_clipping": False},
              1, "dense_sgdm"),
+            # Quantization ablation: the same selection, exact values sent (32 more bits per entry).
+            ("adacomp_sgdm_exact", "sgdm", {**adacomp, "quantize": False}, 1, "dense_sgdm"),
             # Staleness ablations: a shorter bin (sends ~5x more often) and a 3x longer run.
             ("adacomp_sgdm_LT100", "sgdm", {"bin_sizes": {"fc": 100, "other": 10}}, 1, "dense_sgdm"),
             ("dense_sgdm_3x", "sgdm", None, 3, None), ("adacomp_sgdm_3x", "sgdm", adacomp, 3, "dense_sgdm_3x")]

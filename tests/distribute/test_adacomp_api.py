@@ -47,10 +47,11 @@ def test_with_adacomp_argument_errors():
     ({"bin_sizes": {"lstm": 500}}, ValueError, r"keys must be among .*Received: bin_sizes=\{'lstm': 500\}"),
     ({"bin_sizes": {"fc": -1}}, ValueError, r"bin_sizes\['fc'\].*Received: bin_sizes\['fc'\]=-1"),
     ({"residual": "yes"}, TypeError, r"`residual` must be a bool. Received: residual='yes'"),
+    ({"quantize": 0}, TypeError, r"`quantize` must be a bool. Received: quantize=0"),
     ({"precondition": "adam"}, ValueError, r"`precondition` must be one of \(None, 'rms'\). Received: precondition='adam'"),
     ({"precondition": "rms", "beta_2": 1.0}, ValueError, r"`beta_2` must be a number in \(0, 1\). Received: beta_2=1.0"),
     ({"precondition": "rms", "epsilon": 0}, ValueError, r"`epsilon` must be a positive number. Received: epsilon=0"),
-], ids=["zero", "float", "unknown_kind", "negative_fc", "residual_str", "precondition_name", "beta_2", "epsilon"])
+], ids=["zero", "float", "unknown_kind", "negative_fc", "residual_str", "quantize_int", "precondition_name", "beta_2", "epsilon"])
 def test_adacomp_argument_errors(kwargs, error, match):
     with pytest.raises(error, match=match):
         AdaComp(**kwargs)
@@ -205,3 +206,18 @@ def test_clipping_happens_before_the_residual_so_no_mass_is_lost(clip, reference
     np.testing.assert_allclose(var.numpy() - lr * residual, -lr * steps * clipped, rtol=1e-4, atol=1e-4)
     # Some sends were larger than the clipping threshold: clipping them after aggregation would have lost mass.
     assert largest > max(clip.values()) * 1.5
+
+
+def test_exact_values_ablation_sends_the_selected_residual_values():
+    var = tf.Variable(tf.zeros([8]), name="w")
+    exact, ternary = AdaComp(4, quantize=False), AdaComp(4)
+    grad = tf.constant([0.1, -3.0, 0.5, 0.2, 2.0, 0.0, -0.4, 1.0])
+    sent = exact.exchange([(grad, var)])[0][0].numpy()
+    quantized = ternary.exchange([(grad, var)])[0][0].numpy()
+    # From a zero residual the rule sends |g| >= max_bin |g| / 2; exact: each its own value.
+    np.testing.assert_allclose(sent, [0, -3.0, 0, 0, 2.0, 0, 0, 1.0])
+    np.testing.assert_allclose(quantized, [0, -2.0, 0, 0, 2.0, 0, 0, 2.0])  # sign x the mean sent magnitude
+    np.testing.assert_allclose(exact.residual_values()["w"][0], grad.numpy() - sent)
+    assert exact.get_config()["quantize"] is False
+    # 32 more bits per sent element on the wire.
+    assert exact.report()["other_bits"] == ternary.report()["other_bits"] + 3 * 32

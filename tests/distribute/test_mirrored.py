@@ -29,6 +29,8 @@ def test_exchange_sums_every_replicas_compressed_update(mirrored):
     # float32 sums of four values of magnitude ~1: a few ulps.
     assert mirrored["exchange_max_error"] < 1e-5
     assert mirrored["exchange_report"]["steps"] == 1
+    # quantize=False sends the selected values themselves.
+    assert mirrored["exact_exchange_max_error"] < 1e-5
 
 
 def test_fit_trains_and_replicas_stay_identical(mirrored):

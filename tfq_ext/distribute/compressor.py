@@ -94,6 +94,8 @@ class AdaComp(tf.Module):
             a dict overrides :data:`DEFAULT_BIN_SIZES`.
         residual: keep the unsent gradient (AdaComp). ``False`` is the no-residual ablation: unsent values are
             dropped.
+        quantize: send ``sign x one scale per layer`` (AdaComp). ``False`` is the exact-values ablation: the same
+            elements are sent with their own float32 value (32 more bits each on the wire, counted).
         precondition: None (the paper), or ``"rms"``: each learner divides its own dense gradient by the root of
             its running second moment (Adam's ``v``: ``v = beta_2 v + (1 - beta_2) dW^2``, bias-corrected) before
             the residual, and the exchange returns the mean of the learners' preconditioned updates. Pair it with
@@ -110,11 +112,13 @@ class AdaComp(tf.Module):
         arXiv 1712.02679.
     """
 
-    def __init__(self, bin_sizes=None, *, residual: bool = True, precondition=None, beta_2: float = 0.999,
-                 epsilon: float = 1e-7, name: str = "adacomp"):
+    def __init__(self, bin_sizes=None, *, residual: bool = True, quantize: bool = True, precondition=None,
+                 beta_2: float = 0.999, epsilon: float = 1e-7, name: str = "adacomp"):
         super().__init__(name=name)
         if not isinstance(residual, bool):
             raise TypeError(f"`residual` must be a bool. Received: residual={residual!r}")
+        if not isinstance(quantize, bool):
+            raise TypeError(f"`quantize` must be a bool. Received: quantize={quantize!r}")
         if precondition not in PRECONDITIONERS:
             raise ValueError(f"`precondition` must be one of {PRECONDITIONERS}. Received: precondition={precondition!r}")
         if isinstance(beta_2, bool) or not isinstance(beta_2, (int, float)) or not 0.0 < beta_2 < 1.0:
@@ -123,6 +127,7 @@ class AdaComp(tf.Module):
             raise ValueError(f"`epsilon` must be a positive number. Received: epsilon={epsilon!r}")
         self.bin_sizes = _normalize_bin_sizes(bin_sizes)
         self.residual = residual
+        self.quantize = quantize
         self.precondition = precondition
         self.beta_2, self.epsilon = float(beta_2), float(epsilon)
         self._slots = {}
@@ -130,7 +135,8 @@ class AdaComp(tf.Module):
         self._state = None  # variables that are not checkpointed live in a plain (untracked) holder
 
     def get_config(self) -> dict:
-        return {"bin_sizes": dict(self.bin_sizes), "residual": self.residual, "precondition": self.precondition,
+        return {"bin_sizes": dict(self.bin_sizes), "residual": self.residual, "quantize": self.quantize,
+                "precondition": self.precondition,
                 "beta_2": self.beta_2, "epsilon": self.epsilon, "name": self.name}
 
     # -- hooks --------------------------------------------------------------------------------------------
@@ -231,13 +237,18 @@ class AdaComp(tf.Module):
             previous = slot.variable.read_value() if slot is not None else tf.zeros_like(flat)
             accumulated = previous + flat
             mask = self.select(accumulated, flat, kind)
-            sent, scale = ops.quantize_sent(accumulated, mask)
+            if self.quantize:
+                sent, scale = ops.quantize_sent(accumulated, mask)
+                scale = tf.cast(scale, tf.float32)
+            else:
+                sent = tf.where(mask, accumulated, tf.zeros_like(accumulated))
+                scale = tf.cast(tf.abs(tf.boolean_mask(accumulated, mask)), tf.float32)  # one per sent entry
             if slot is not None:
                 slot.variable.assign(accumulated - sent)
             layers.append((n, kind, var, grad))
             packed.append(ops.encode_sparse(accumulated, mask))
             counts.append(tf.reduce_sum(tf.cast(mask, tf.int32)))
-            scales.append(tf.cast(scale, tf.float32))
+            scales.append(scale)
         if not layers:
             return grads_and_vars
         summed = self._all_gather_sum(ctx, layers, packed, counts, scales)
@@ -266,14 +277,19 @@ class AdaComp(tf.Module):
         replicas = ctx.num_replicas_in_sync
         # Two collectives per step for the whole model: a header (counts, float32 scales as int32 bits) and the
         # concatenated entries. all_gather accepts a different length per replica on axis 0.
-        header = tf.concat([tf.stack(counts), tf.bitcast(tf.stack(scales), tf.int32)], 0)
-        headers = tf.reshape(ctx.all_gather(header, axis=0), [replicas, 2 * n_layers])
+        if self.quantize:
+            header = tf.concat([tf.stack(counts), tf.bitcast(tf.stack(scales), tf.int32)], 0)
+            headers = tf.reshape(ctx.all_gather(header, axis=0), [replicas, 2 * n_layers])
+            all_counts = headers[:, :n_layers]
+            all_scales = tf.reshape(tf.bitcast(headers[:, n_layers:], tf.float32), [-1])
+        else:  # exact values: one float32 magnitude per entry, gathered like the entries
+            all_counts = tf.reshape(ctx.all_gather(tf.stack(counts), axis=0), [replicas, n_layers])
+            magnitudes = ctx.all_gather(tf.concat(scales, 0), axis=0)
         body = ctx.all_gather(tf.concat(packed, 0), axis=0)
-        all_counts = headers[:, :n_layers]
-        all_scales = tf.reshape(tf.bitcast(headers[:, n_layers:], tf.float32), [-1])
         segment = tf.repeat(tf.range(replicas * n_layers), tf.reshape(all_counts, [-1]))
         parts = tf.dynamic_partition(body, segment % n_layers, n_layers)
-        part_scales = tf.dynamic_partition(tf.gather(all_scales, segment), segment % n_layers, n_layers)
+        per_entry = tf.gather(all_scales, segment) if self.quantize else magnitudes
+        part_scales = tf.dynamic_partition(per_entry, segment % n_layers, n_layers)
         summed = []
         for i, (n, _, var, grad) in enumerate(layers):
             dense = ops.decode_sparse_sum(parts[i], part_scales[i], n, var.dtype)
@@ -286,13 +302,16 @@ class AdaComp(tf.Module):
         counts = tf.cast(all_counts, tf.float64)
         replicas = tf.cast(tf.shape(all_counts)[0], tf.float64)
         # Per replica: the int32 header, and the entries padded to the longest replica's list (all_gather pads).
-        wire = 4.0 * 2 * n_layers + 4.0 * tf.reduce_max(tf.reduce_sum(counts, 1))
+        per_entry = 4.0 if self.quantize else 8.0  # exact values: an int32 entry and a float32 value
+        wire = 4.0 * 2 * n_layers + per_entry * tf.reduce_max(tf.reduce_sum(counts, 1))
         dense = 4.0 * float(sum(n for n, *_ in layers))
         delta = [tf.constant(1.0, tf.float64), wire, tf.constant(dense, tf.float64), tf.constant(0.0, tf.float64)]
         per_kind = {kind: [tf.constant(0.0, tf.float64)] * 3 for kind in ops.LAYER_KINDS}
         for i, (n, kind, _, _) in enumerate(layers):
             sent = tf.reduce_sum(counts[:, i])
             bits = sent * (ops.encoded_bits(1, n) - 32) + 32.0 * replicas
+            if not self.quantize:
+                bits = bits + 32.0 * sent
             elements, sent_total, bits_total = per_kind[kind]
             per_kind[kind] = [elements + replicas * n, sent_total + sent, bits_total + bits]
         for kind in ops.LAYER_KINDS:
