@@ -39,6 +39,11 @@ def test_with_adacomp_argument_errors():
         with_adacomp(keras.optimizers.SGD(0.1), compressor=3)
     with pytest.raises(ValueError, match="either `compressor` or AdaComp keyword arguments"):
         with_adacomp(keras.optimizers.SGD(0.1), compressor=AdaComp(), residual=False)
+    with pytest.raises(TypeError, match="`learner_clipping` must be a bool. Received: learner_clipping='yes'"):
+        with_adacomp(keras.optimizers.SGD(0.1), learner_clipping="yes")
+    # learner_clipping=False keeps tf_keras's clip of the aggregated update.
+    legacy = with_adacomp(keras.optimizers.SGD(0.1, global_clipnorm=1.0), learner_clipping=False)
+    assert float(tf.linalg.global_norm(legacy._clip_gradients([tf.ones([4]) * 10.0]))) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("kwargs,error,match", [
