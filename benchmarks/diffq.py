@@ -204,6 +204,35 @@ def run_task(task: Task, penalties, out_dir: Path) -> dict:
     return results
 
 
+def run_bits_decay(task: Task, penalties) -> dict:
+    """DiffQ arms whose bits rate decays on the weights' cosine (``diffqbd_p<p>``), from the same seeded checkpoint
+    as :func:`run_task` (retrained: the checkpoint is not stored)."""
+    from tfq_ext import diffq
+
+    keras.utils.set_random_seed(SEED)
+    log(f"{task.name}: float checkpoint again, {task.epochs} epoch(s), for the decayed-bits-rate DiffQ arms")
+    initial_weights = task.fit(task.build(), task.epochs, finetune=False).get_weights()
+    steps = int(math.ceil(len(task.x) * task.finetune / task.batch))
+    results = {}
+    for penalty in penalties:
+        keras.utils.set_random_seed(SEED)
+        t0 = time.perf_counter()
+        model = task.build()
+        model.set_weights(initial_weights)
+        model = diffq.apply_diffq(model, penalty=penalty, **DIFFQ)
+        bits_rate = keras.optimizers.schedules.CosineDecay(BITS_LR, steps)
+        task.fit(model, task.finetune,
+                 optimizer=diffq.DiffQOptimizer(task.optimizer(task.finetune), bits_learning_rate=bits_rate))
+        per_layer = {name: float(np.mean(b)) for name, b in diffq.learned_bits(model).items()}
+        key = f"diffqbd_p{penalty:g}"
+        results[key] = _entry(task, model, time.perf_counter() - t0, penalty=penalty,
+                              mean_bits=diffq.mean_bits(model), layer_bits=per_layer,
+                              estimated_bytes=round(diffq.estimated_size(model), 1))
+        log(f"  DiffQ (bits rate decayed) penalty {penalty:g}: {task.metric_name} {results[key][task.metric_name]:.4f}, "
+            f"mean bits {results[key]['mean_bits']:.2f}, {results[key]['bytes']} B")
+    return results
+
+
 def _with_grid(task, model, grid: str) -> float:
     """The metric of the same trained model with another true-quantization grid (inference only)."""
     from tfq_ext import diffq
@@ -226,7 +255,7 @@ def compare_with_qat(results: dict, metric: str, higher_is_better: bool) -> dict
     qat = sorted((r["bytes"], r[metric]) for a, r in results.items() if a.startswith("qat_"))
     rows = {}
     for arm, row in results.items():
-        if not arm.startswith("diffq_") or not qat[0][0] <= row["bytes"] <= qat[-1][0]:
+        if not arm.startswith(("diffq_", "diffqbd_")) or not qat[0][0] <= row["bytes"] <= qat[-1][0]:
             continue
         upper = next(i for i, (size, _) in enumerate(qat) if size >= row["bytes"])
         (s0, m0), (s1, m1) = qat[max(upper - 1, 0)], qat[upper]
@@ -280,6 +309,26 @@ def _int8_grid_check(flatbuffer: bytes, diffq_model) -> dict:
 
 
 TASKS = ("fashion_mnist", "shakespeare", "transformer")
+
+
+def bits_decay(out_dir, penalties=(2.0, 4.0), command: str = "") -> dict:
+    """Adds the decayed-bits-rate DiffQ arms to the transformer task in ``diffq.json`` (``python -c "import
+    benchmarks.diffq as b; b.bits_decay('benchmarks/results')"``)."""
+    out_dir = Path(out_dir)
+    report = json.loads((out_dir / "diffq.json").read_text())
+    task = transformer_task(False)
+    start = time.perf_counter()
+    added = run_bits_decay(task, penalties)
+    entry = report["tasks"]["transformer"]
+    entry["results"].update(added)
+    entry["diffq_vs_qat"] = compare_with_qat(entry["results"], task.metric_name, task.higher_is_better)
+    entry["bits_decay_seconds"] = round(time.perf_counter() - start, 1)
+    report.setdefault("commands", {})["transformer_bits_decay"] = command
+    (out_dir / "diffq.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "diffq.md").write_text(_table(report))
+    _plot(task.name, task.metric_name, entry["results"], out_dir / f"diffq_{task.name}.png")
+    print(_table(report), flush=True)
+    return report
 
 
 def main(out_dir, quick: bool = False, command: str = "", tasks=TASKS) -> dict:
@@ -374,6 +423,9 @@ def _table(report) -> str:
             lines.append(f"\n{name}: {task['seconds']:.0f} s. Command: `{report['commands'][name]}`")
         elif name in report.get("commands", {}):
             lines.append(f"\n{name}: command `{report['commands'][name]}`")
+        if f"{name}_bits_decay" in report.get("commands", {}):
+            lines.append(f"diffqbd_* arms: {task.get('bits_decay_seconds', 0):.0f} s. Command: "
+                         f"`{report['commands'][name + '_bits_decay']}`")
         lines.append("")
     lines.append(f"Time of the last run {report['seconds']:.0f} s. Command: `{report['command']}`")
     return "\n".join(lines) + "\n"
@@ -388,7 +440,8 @@ def _plot(name: str, metric: str, results: dict, path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     scale = 100.0 if metric == "accuracy" else 1.0
     styles = {"ptq": ("tab:gray", "v", "PTQ (uniform)"), "qat": ("tab:blue", "o", "QAT (uniform, STE)"),
-              "diffq": ("tab:red", "s", "DiffQ")}
+              "diffq": ("tab:red", "s", "DiffQ"),
+              "diffqbd": ("tab:purple", "D", "DiffQ, bits rate decayed with the weights'")}
     # The axis follows float, QAT and DiffQ; PTQ points far outside are listed instead of flattening the plot.
     core = [scale * r[metric] for a, r in results.items() if not a.startswith("ptq_")]
     pad = 0.15 * (max(core) - min(core)) + (0.2 if metric == "accuracy" else 0.01)

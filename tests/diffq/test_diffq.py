@@ -215,6 +215,22 @@ def test_optimizer_routes_bits_to_their_own_adam(digits):
     assert opt.get_config() == model.optimizer.get_config()
 
 
+def test_bits_learning_rate_schedule_stops_the_bits_and_round_trips(digits):
+    # A cosine decay to 0 over 8 steps: the bits logits move in those 8 steps and not after them.
+    model = _diffq_cnn(penalty=10.0)
+    schedule = keras.optimizers.schedules.CosineDecay(5e-2, 8)
+    model.compile(DiffQOptimizer(keras.optimizers.Adam(1e-3), bits_learning_rate=schedule), LOSS)
+    start = model.get_layer("fc")._logits["kernel"].numpy().copy()
+    model.fit(digits.x_train[:512], digits.y_train[:512], batch_size=64, epochs=1, verbose=0)
+    after_decay = model.get_layer("fc")._logits["kernel"].numpy().copy()
+    assert np.abs(after_decay - start).max() > 0.05
+    model.fit(digits.x_train[:256], digits.y_train[:256], batch_size=64, epochs=1, verbose=0)
+    np.testing.assert_allclose(model.get_layer("fc")._logits["kernel"].numpy(), after_decay, atol=1e-7)
+    opt = DiffQOptimizer.from_config(model.optimizer.get_config())
+    assert isinstance(opt.bits_learning_rate, keras.optimizers.schedules.CosineDecay)
+    assert opt.get_config() == model.optimizer.get_config()
+
+
 # --- size, export, save/load ----------------------------------------------------------------------------------
 
 def test_size_estimate_vs_true_size_and_packed_export(digits, tmp_path):

@@ -33,7 +33,9 @@ class DiffQOptimizer(keras.optimizers.Optimizer):
     Args:
         optimizer: the model's optimizer (instance, name such as "sgd", or serialized config); tf_keras
             optimizers of the current API only (not ``keras.optimizers.legacy``).
-        bits_learning_rate: Adam learning rate of the bits logits (reference default 1e-3).
+        bits_learning_rate: Adam learning rate of the bits logits (reference default 1e-3), or a
+            ``keras.optimizers.schedules.LearningRateSchedule`` (stepped once per training step), e.g. a cosine
+            decay to 0 with the weights' schedule so that the bits settle before the weights do.
         name: the optimizer's name.
 
     ``learning_rate`` and ``iterations`` are those of ``optimizer`` (so LR schedules and callbacks act on the
@@ -50,13 +52,14 @@ class DiffQOptimizer(keras.optimizers.Optimizer):
         if not isinstance(inner, keras.optimizers.Optimizer) or isinstance(inner, DiffQOptimizer):
             raise TypeError(f"`optimizer` must be a tf_keras optimizer (keras.optimizers.Adam(...), 'sgd', ...), "
                             f"not a legacy one or a DiffQOptimizer. Received: optimizer={optimizer!r}")
-        if isinstance(bits_learning_rate, bool) or not isinstance(bits_learning_rate, (int, float)) \
-                or not bits_learning_rate > 0:
-            raise ValueError(f"`bits_learning_rate` must be a number > 0. "
+        schedule = isinstance(bits_learning_rate, keras.optimizers.schedules.LearningRateSchedule)
+        if not schedule and (isinstance(bits_learning_rate, bool) or not isinstance(bits_learning_rate, (int, float))
+                             or not bits_learning_rate > 0):
+            raise ValueError(f"`bits_learning_rate` must be a number > 0 or a learning-rate schedule. "
                              f"Received: bits_learning_rate={bits_learning_rate!r}")
         super().__init__(name=name)
         self._optimizer = inner
-        self.bits_learning_rate = float(bits_learning_rate)
+        self.bits_learning_rate = bits_learning_rate if schedule else float(bits_learning_rate)
         # The scope renames the Adam's "iteration" counter, which would clash with the wrapped optimizer's in an
         # HDF5 file (optimizer weights are stored by variable name).
         with tf.name_scope("diffq_bits"):
@@ -135,11 +138,17 @@ class DiffQOptimizer(keras.optimizers.Optimizer):
         self._bits_optimizer.set_weights(weights[n:])
 
     def get_config(self):
-        return {"optimizer": keras.optimizers.serialize(self._optimizer),
-                "bits_learning_rate": self.bits_learning_rate, "name": self.name}
+        rate = self.bits_learning_rate
+        if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+            rate = keras.optimizers.schedules.serialize(rate)
+        return {"optimizer": keras.optimizers.serialize(self._optimizer), "bits_learning_rate": rate,
+                "name": self.name}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
         config["optimizer"] = keras.optimizers.deserialize(config["optimizer"], custom_objects=custom_objects)
+        if isinstance(config.get("bits_learning_rate"), dict):
+            config["bits_learning_rate"] = keras.optimizers.schedules.deserialize(
+                config["bits_learning_rate"], custom_objects=custom_objects)
         return cls(**config)
