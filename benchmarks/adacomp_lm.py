@@ -50,7 +50,6 @@ OPTIMIZERS = {"sgdm": ("SGD", 2.0, {"momentum": 0.9}), "adam": ("Adam", 1e-2, {}
               # AdaComp(precondition="rms"): Adam's update with the compression between v and the momentum,
               # so SGD-momentum at Adam's rate x (1 - 0.9), and no clipping (the update is unit-scale).
               "rms": ("SGD", 1e-3, {"momentum": 0.9})}
-REFERENCE = {"rms": "adam"}  # the dense arm each optimizer is compared with (default: its own)
 CLIPPED = {"sgdm", "adam"}
 
 
@@ -209,18 +208,13 @@ def _table(report) -> str:
     lines = [intro, "", header, "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
 
     def dense_of(row):
-        if "reference" in row:
-            return results.get(row["reference"], row)
-        return results.get(f"dense_{REFERENCE.get(row['optimizer'], row['optimizer'])}", row)
-
-    def reference(row):
-        return dense_of(row)["test_bpc"]
+        return results[row["reference"]]
 
     for name, row in results.items():
         comp = row.get("compression", {})
         cells = [f"{comp[k]:.0f}x" if k in comp else "1x" for k in ("fc", "other")]
-        lines.append(f"| {name} | {row['optimizer']} | {row.get('steps', setup['steps'])} | {row['test_bpc']:.4f} | "
-                     f"{row['test_bpc'] - reference(row):+.4f} | "
+        lines.append(f"| {name} | {row['optimizer']} | {row['steps']} | {row['test_bpc']:.4f} | "
+                     f"{row['test_bpc'] - dense_of(row)['test_bpc']:+.4f} | "
                      f"{' | '.join(cells)} | {row['wire_bytes_per_step']:.0f} | {row['wire_reduction']:.1f}x |")
     lines += ["", f"Over training ({n} intervals, of {per} steps for the {setup['steps']}-step arms): test bpc (gap "
               "to its dense arm) / fc compression in the interval.", "",
