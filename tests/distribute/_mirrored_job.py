@@ -28,16 +28,23 @@ with strategy.scope():
 grads = [np.random.default_rng(r).normal(size=(4, 6, 5)).astype(np.float32) for r in range(2)]
 
 
-def one_step():
-    r = tf.distribute.get_replica_context().replica_id_in_sync_group
-    pairs = [(tf.gather(tf.constant(grads[0]), r), variables[0]),
-             (tf.gather(tf.constant(grads[1].reshape(4, -1)[:, :7]), r), variables[1])]
-    return [g for g, _ in compressor.exchange(pairs)]
+per_replica = ((grads[0].reshape(4, -1), 10), (grads[1].reshape(4, -1)[:, :7], 3))  # (gradients, bin size)
 
 
-summed = [strategy.experimental_local_results(t) for t in tf.function(lambda: strategy.run(one_step))()]
+def exchange_once(adacomp):
+    """One exchange of the known per-replica gradients; every replica's result."""
+    def step():
+        r = tf.distribute.get_replica_context().replica_id_in_sync_group
+        pairs = [(tf.gather(tf.constant(grads[0]), r), variables[0]),
+                 (tf.gather(tf.constant(grads[1].reshape(4, -1)[:, :7]), r), variables[1])]
+        return [g for g, _ in adacomp.exchange(pairs)]
+
+    return [strategy.experimental_local_results(t) for t in tf.function(lambda: strategy.run(step))()]
+
+
+summed = exchange_once(compressor)
 expected = []
-for g, size in ((grads[0].reshape(4, -1), 10), (grads[1].reshape(4, -1)[:, :7], 3)):
+for g, size in per_replica:
     expected.append(sum(ops.compress_step(tf.zeros_like(g[r]), tf.constant(g[r]), size).sent.numpy()
                         for r in range(4)))
 result["exchange_max_error"] = max(float(np.abs(np.reshape(s[r].numpy(), [-1]) - e).max())
@@ -48,17 +55,9 @@ result["exchange_report"] = compressor.report()
 with strategy.scope():
     exact = AdaComp({"fc": 10, "other": 3}, quantize=False)
 
-
-def exact_step():
-    r = tf.distribute.get_replica_context().replica_id_in_sync_group
-    pairs = [(tf.gather(tf.constant(grads[0]), r), variables[0]),
-             (tf.gather(tf.constant(grads[1].reshape(4, -1)[:, :7]), r), variables[1])]
-    return [g for g, _ in exact.exchange(pairs)]
-
-
-exact_summed = [strategy.experimental_local_results(t) for t in tf.function(lambda: strategy.run(exact_step))()]
+exact_summed = exchange_once(exact)
 exact_expected = []
-for g, size in ((grads[0].reshape(4, -1), 10), (grads[1].reshape(4, -1)[:, :7], 3)):
+for g, size in per_replica:
     masks = [ops.adacomp_mask(tf.constant(g[r]), tf.constant(g[r]), size).numpy() for r in range(4)]
     exact_expected.append(sum(np.where(m, g[r], 0.0) for r, m in enumerate(masks)))
 result["exact_exchange_max_error"] = max(float(np.abs(np.reshape(s[r].numpy(), [-1]) - e).max())
