@@ -1,4 +1,5 @@
-"""Builds and loads the TfqCodebookDecode kernel (C/C++ sources in this folder) with the machine's compiler.
+"""Builds and loads the custom kernels (C/C++ sources in this folder) with the machine's compiler: TfqCodebookDecode
+and the integer graph-aggregation ops (TfqSegmentSum, TfqSegmentMean, TfqGcnAggregate, TfqDegreeNorm).
 
 The kernel is built lazily, on first use, rather than by the package's install step: its library name
 carries a hash of the sources, the compile flags and the TensorFlow it links against, so an edited source or
@@ -7,12 +8,14 @@ only tracks ``pyproject.toml``). ``python -m tflite_export.kernels`` builds it a
 
 Libraries (``kind``):
 
-- ``"tflite"``: ``tfq_codebook_core.c`` + ``tfq_codebook_decode_tflite.cc``, linked against TensorFlow's
-  ``libtensorflow_cc.so.2``; registered through ``InterpreterWithCustomOps`` by the name :data:`REGISTERER`.
+- ``"tflite"``: ``tfq_codebook_core.c`` + ``tfq_codebook_decode_tflite.cc`` (+ ``tfq_graph_core.c`` +
+  ``tfq_graph_ops_tflite.cc``), linked against TensorFlow's ``libtensorflow_cc.so.2``; registered through
+  ``InterpreterWithCustomOps`` by the names :data:`REGISTERER` (codebook) and :data:`GRAPH_REGISTERER` (graph ops).
 - ``"c_api_mock"``: the TFLite C API entry point (``tfq_codebook_decode_c_api.c``) with a test stand-in for
   the C API (``mock_tflite_c_api.c``); TensorFlow's wheel exports no C API to test it against.
 - ``"loader"``: ``tfq_codebook_core.c`` + ``tfq_loader.c``, plain C without TensorFlow: the loader that turns
   a loader-layout compressed file into the dense model (``FORMAT.md``); :func:`decompress_native` calls it.
+- ``"graph"``: ``tfq_graph_core.c``, plain C: the graph ops' arithmetic, for :func:`graph_op_native` (tests).
 
 Outputs go to ``tflite_export/kernels/build/`` (ignored by git), or to ``$TFQ_EXT_KERNEL_DIR`` /
 ``~/.cache/tfq_ext/kernels`` when the package folder is read-only. ``$CC`` and ``$CXX`` choose the compilers
@@ -33,21 +36,26 @@ import tempfile
 import threading
 from pathlib import Path
 
-__all__ = ["REGISTERER", "KernelBuildError", "build_library", "load_library", "registerer",
-           "decompress_native", "main"]
+__all__ = ["REGISTERER", "GRAPH_REGISTERER", "GRAPH_OPS", "KernelBuildError", "build_library", "load_library",
+           "registerer", "graph_registerer", "graph_op_native", "decompress_native", "main"]
 
 REGISTERER = "TfqCodebookDecodeRegister"
+GRAPH_REGISTERER = "TfqGraphOpsRegister"
+# Custom-op names of the graph ops, in the order of TfqGraphOp (tfq_graph_core.h).
+GRAPH_OPS = ("TfqSegmentSum", "TfqSegmentMean", "TfqGcnAggregate", "TfqDegreeNorm")
 _HERE = Path(__file__).resolve().parent
 _HEADERS = ["tfq_codebook_core.h"]
 _SOURCES = {
-    "tflite": ["tfq_codebook_core.c", "tfq_codebook_decode_tflite.cc"],
+    "tflite": ["tfq_codebook_core.c", "tfq_codebook_decode_tflite.cc", "tfq_graph_core.c", "tfq_graph_ops_tflite.cc"],
     "c_api_mock": ["tfq_codebook_core.c", "tfq_codebook_decode_c_api.c", "mock_tflite_c_api.c"],
     "loader": ["tfq_codebook_core.c", "tfq_loader.c"],
+    "graph": ["tfq_codebook_core.c", "tfq_graph_core.c"],
 }
 # Headers hashed for a kind besides _HEADERS (kept per kind so that adding one rebuilds only its kind).
-_EXTRA_HEADERS = {"loader": ["tfq_loader.h"]}
+_EXTRA_HEADERS = {"loader": ["tfq_loader.h"], "graph": ["tfq_graph_core.h"],
+                  "tflite": ["tfq_graph_core.h", "tfq_tflite_abi.h"]}
 # Kinds built and linked with the C compiler alone (no C++ compiler needed).
-_C_ONLY = {"loader"}
+_C_ONLY = {"loader", "graph"}
 _CFLAGS = ["-std=c11", "-O2", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra"]
 _CXXFLAGS = ["-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra", "-fno-exceptions"]
 _LOCK = threading.Lock()
@@ -82,7 +90,7 @@ def _tensorflow_dir() -> str:
 
 def _link_flags(kind: str) -> list[str]:
     if kind != "tflite":
-        return []
+        return ["-lm"] if kind == "graph" else []
     tf_dir = _tensorflow_dir()
     if not os.path.exists(os.path.join(tf_dir, "libtensorflow_cc.so.2")):
         raise KernelBuildError(f"libtensorflow_cc.so.2 is missing from {tf_dir}; the kernel links against it. "
@@ -178,13 +186,15 @@ def load_library(kind: str = "tflite") -> ctypes.CDLL:
                 from tfq_ext._keras import tf  # noqa: F401  (loads libtensorflow_cc.so.2 first)
             path = build_library(kind)
             # The loader is called through ctypes only: keep its symbols out of the global namespace.
-            mode = ctypes.RTLD_LOCAL if kind == "loader" else ctypes.RTLD_GLOBAL
+            mode = ctypes.RTLD_LOCAL if kind in ("loader", "graph") else ctypes.RTLD_GLOBAL
             try:
                 library = ctypes.CDLL(str(path), mode=mode)
             except OSError as exc:
                 raise KernelBuildError(f"Could not load the kernel library {path}: {exc}") from exc
             if kind == "loader":
                 _declare_loader(library)
+            if kind == "graph":
+                _declare_graph(library)
             _LOADED[kind] = library
         return _LOADED[kind]
 
@@ -193,6 +203,53 @@ def registerer() -> str:
     """Loads the kernel and returns the registerer name for ``custom_op_registerers``."""
     load_library("tflite")
     return REGISTERER
+
+
+def graph_registerer() -> str:
+    """Loads the kernels and returns the graph ops' registerer name for ``custom_op_registerers``."""
+    load_library("tflite")
+    return GRAPH_REGISTERER
+
+
+def _declare_graph(library: ctypes.CDLL) -> None:
+    i64, i32, dbl, ptr = ctypes.c_int64, ctypes.c_int32, ctypes.c_double, ctypes.c_void_p
+    library.tfq_graph_run_buffer.argtypes = [ctypes.c_int, ptr, i64, i64, ptr, i64, ptr, i64, dbl, i32, dbl, i32,
+                                             ptr, i64, ctypes.c_char_p, ctypes.c_size_t]
+    library.tfq_graph_run_buffer.restype = ctypes.c_int
+
+
+def graph_op_native(op: str, data, segment_ids, num_segments: int, *, gather=None, in_scale: float = 1.0,
+                    in_zero: int = 0, out_scale: float = 1.0, out_zero: int = 0):
+    """Runs one graph op's C arithmetic (``tfq_graph_core.c``) on numpy arrays: the reference the TFLite kernel
+    and the tests share. ``data`` is int8 ``[M, ...]``; returns int8 ``[num_segments, ...]`` (TfqDegreeNorm:
+    ``data``'s shape; ``num_segments`` is then ignored).
+
+    Raises:
+        ValueError: an unknown op, or the core refused the input (its message: a bad index, size or scale).
+    """
+    import numpy as np
+
+    if op not in GRAPH_OPS:
+        raise ValueError(f"`op` must be one of {GRAPH_OPS}. Received: op={op!r}")
+    data = np.ascontiguousarray(data, dtype=np.int8)
+    if data.ndim < 1:
+        raise ValueError(f"`data` must have at least one dimension. Received shape {data.shape}")
+    ids = np.ascontiguousarray(segment_ids, dtype=np.int32).reshape(-1)
+    index = GRAPH_OPS.index(op)
+    segments = data.shape[0] if op == "TfqDegreeNorm" else int(num_segments)
+    inner = int(np.prod(data.shape[1:], dtype=np.int64))
+    out = np.zeros((max(segments, 0),) + data.shape[1:], np.int8)
+    gather_arr = None if gather is None else np.ascontiguousarray(gather, dtype=np.int32).reshape(-1)
+    if gather_arr is not None and gather_arr.shape != ids.shape:
+        raise ValueError(f"`gather` must have one entry per segment id ({ids.size}). Received {gather_arr.size}")
+    err = ctypes.create_string_buffer(_ERR_LEN)
+    status = load_library("graph").tfq_graph_run_buffer(
+        index, data.ctypes.data, data.shape[0], inner, ids.ctypes.data, ids.size,
+        None if gather_arr is None else gather_arr.ctypes.data, segments, float(in_scale), int(in_zero),
+        float(out_scale), int(out_zero), out.ctypes.data, out.size, err, _ERR_LEN)
+    if status != 0:
+        raise ValueError(f"{err.value.decode('utf-8', 'replace')}")
+    return out
 
 
 _ERR_LEN = 512

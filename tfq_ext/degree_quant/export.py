@@ -5,11 +5,15 @@ whose inputs are plain tensors, node features ``[num_nodes, F]`` and the source/
 edge ``[num_edges]``; a layer inside builds the one-component GraphTensor and calls the trained model. The
 fake-quant ranges learned in training become the int8 scales of the file; nothing is recalibrated.
 
-What stays float (measured with TF 2.21): TFLite has no int8 kernel for UNSORTED_SEGMENT_SUM, so every
-aggregation (tf-gnn's ``pool``) runs as DEQUANTIZE -> float sum -> QUANTIZE, and the degree normalisation
-(in-degree count, rsqrt) is computed in float from the edge indices. Every transform (FULLY_CONNECTED), the
-gathers of node states onto edges, adds and multiplies run on int8. ``convert_graph_model`` returns the
-histogram of ops per dtype so a caller can see exactly that.
+What the converter leaves float (measured with TF 2.21): TFLite has no int8 kernel for UNSORTED_SEGMENT_SUM,
+so every aggregation (tf-gnn's ``pool``) runs as DEQUANTIZE -> float sum -> QUANTIZE, and the GCN degree
+normalisation (in-degree count, rsqrt) is computed in float from the edge indices. With
+``integer_aggregation=True`` (the default) ``convert_graph_model`` replaces each of those subgraphs by one
+integer custom op of ``tflite_export/kernels`` (``tflite_export.graph_ops``: int8 in, int32 sums, one
+requantization; the gather onto edges fused into the sum; the GCN's 1/sqrt(degree) folded into per-node
+fixed-point multipliers), so nothing between the float input's QUANTIZE and the output's DEQUANTIZE is float.
+Such a file needs the kernels (:class:`GraphInterpreter` registers them). ``float_ops`` gives the histogram of
+ops per dtype so a caller can see exactly what runs on what.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import collections
 import numpy as np
 import tensorflow_gnn as tfgnn
 
+from tflite_export import graph_ops
 from tflite_export._graph import check_flatbuffer, dtype_name, load_static_graph
 from tflite_export.runtime import make_interpreter
 from tfq_ext._keras import keras, tf
@@ -94,30 +99,46 @@ def plain_tensor_model(model: keras.Model) -> keras.Model:
     return keras.Model([features, source, target], model(graph), name=f"{model.name}_plain")
 
 
-def convert_graph_model(model: keras.Model) -> bytes:
+def convert_graph_model(model: keras.Model, *, integer_aggregation: bool = True) -> bytes:
     """Converts a Degree-Quant model (GraphTensor or plain-tensor input) to an INT8 TFLite flatbuffer.
 
-    Builtin ops only (no Select TF ops); int8 wherever TFLite has an int8 kernel (see the module docstring for
-    what stays float). Inputs and outputs stay float32 / int32.
+    Args:
+        model: the trained model (``mode="dq"`` or ``"qat"``; a ``"float"`` model converts to a float file).
+        integer_aggregation: replace the float aggregations and degree normalisations the converter leaves
+            by the integer custom ops of ``tflite_export.graph_ops`` (see the module docstring). False gives the
+            converter's file: builtin ops only, aggregation in float.
+
+    Inputs and outputs stay float32 / int32.
 
     Raises:
+        TypeError: ``model`` is not a Keras model, or ``integer_aggregation`` is not a bool.
         RuntimeError: the converter failed (its message is included).
     """
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a Keras model. Received: model={model!r}")
+    if not isinstance(integer_aggregation, bool):
+        raise TypeError(f"`integer_aggregation` must be True or False. Received: "
+                        f"integer_aggregation={integer_aggregation!r}")
     if isinstance(getattr(model.inputs[0], "spec", None), tfgnn.GraphTensorSpec):
         model = plain_tensor_model(model)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     try:
-        return converter.convert()
+        flatbuffer = converter.convert()
     except Exception as exc:  # noqa: BLE001 - the converter raises several unrelated types
         raise RuntimeError(f"The TFLite converter failed for model {model.name!r}: {exc}") from exc
+    if integer_aggregation:
+        flatbuffer, _ = graph_ops.integer_aggregation(flatbuffer)
+    return flatbuffer
 
 
 class GraphInterpreter:
-    """Runs an exported graph model (ai-edge-litert) on one graph at a time, resizing inputs per graph.
+    """Runs an exported graph model on one graph at a time, resizing inputs per graph.
+
+    A file with the integer graph ops (``convert_graph_model(..., integer_aggregation=True)``) runs on
+    TensorFlow's interpreter with the ops' kernels registered (built on first use); any other file on
+    ai-edge-litert. Both apply XNNPACK to the ops it supports.
 
     Example::
 
@@ -127,9 +148,16 @@ class GraphInterpreter:
 
     _ROLES = ("node_features", "source", "target")
 
-    def __init__(self, flatbuffer: bytes):
+    def __init__(self, flatbuffer: bytes, num_threads: int = 1):
+        content = check_flatbuffer(flatbuffer, "flatbuffer")
+        registerers = None
+        if graph_ops.uses_graph_ops(content):
+            from tflite_export import kernels
+
+            registerers = [kernels.graph_registerer()]
         # Inputs are resized per graph before the first allocation.
-        self.interpreter = make_interpreter(flatbuffer, allocate=False)
+        self.interpreter = make_interpreter(content, num_threads=num_threads, allocate=False,
+                                            custom_op_registerers=registerers)
         self._inputs = {}
         for detail in self.interpreter.get_input_details():
             role = [r for r in self._ROLES if r in detail["name"]]
@@ -152,13 +180,22 @@ class GraphInterpreter:
             self._shapes = shapes
         for role, detail in self._inputs.items():
             self.interpreter.set_tensor(detail["index"], values[role].astype(detail["dtype"]))
-        self.interpreter.invoke()
+        try:
+            self.interpreter.invoke()
+        except RuntimeError as exc:  # e.g. a graph op refusing an edge index outside the graph
+            raise ValueError(f"The graph model could not run on this graph: {' '.join(str(exc).split())}") from exc
         return self.interpreter.get_tensor(self.interpreter.get_output_details()[0]["index"]).copy()
 
 
 def float_ops(flatbuffer: bytes) -> dict:
     """Op name -> ``{"int8": n, "float32": m, ...}`` by the dtype of each node's first output."""
-    graph = load_static_graph(check_flatbuffer(flatbuffer, "flatbuffer"))
+    content = check_flatbuffer(flatbuffer, "flatbuffer")
+    registerers = None
+    if graph_ops.uses_graph_ops(content):
+        from tflite_export import kernels
+
+        registerers = [kernels.graph_registerer()]
+    graph = load_static_graph(content, custom_op_registerers=registerers)
     histogram: dict = collections.defaultdict(collections.Counter)
     for op in graph.ops:
         histogram[op["op_name"]][dtype_name(graph.tensors[op["outputs"][0]]["dtype"])] += 1
