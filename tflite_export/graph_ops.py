@@ -33,7 +33,7 @@ import numpy as np
 
 from tflite_export import flatbuffer as fb
 
-__all__ = ["integer_aggregation", "uses_graph_ops", "remaining_float_ops", "GRAPH_OPS"]
+__all__ = ["integer_aggregation", "uses_graph_ops", "remaining_float_ops", "check_dataflow", "GRAPH_OPS"]
 
 GRAPH_OPS = ("TfqSegmentSum", "TfqSegmentMean", "TfqGcnAggregate", "TfqDegreeNorm")
 # Ops without side effects whose results may be dropped once nothing reads them.
@@ -334,3 +334,50 @@ def remaining_float_ops(content: bytes) -> list[str]:
                     found.append(name)
                 break
     return found
+
+
+def check_dataflow(content: bytes, arg_name: str = "flatbuffer") -> None:
+    """Refuses a file whose dataflow is not well formed, before any interpreter sees it.
+
+    Every operator input must be a constant, a graph input or the output of an earlier operator; every
+    operator output must be written by that operator only and be neither a constant nor a graph input; every
+    graph output must be written; quantization scales must be finite and > 0 and int8 zero points in
+    [-128, 127]. TFLite itself does not check this (measured with TF 2.21: a file whose
+    operator writes a graph input, leaving a tensor that later operators read unwritten, crashes the XNNPACK
+    delegate in ``allocate_tensors``).
+
+    Raises:
+        TypeError: ``content`` is not bytes.
+        ValueError: the file is unreadable or a rule above is broken (the message names operator and tensor).
+    """
+    model = fb.read_model(content, arg_name)
+    fb.check_references(model, arg_name)
+    for s, sg in enumerate(model.subgraphs):
+        inputs = {int(t) for t in (sg.inputs if sg.inputs is not None else [])}
+        written = set(inputs)
+        for i, op in enumerate(sg.operators or []):
+            name = fb.op_name(model, op)
+            for t in (int(v) for v in (op.inputs if op.inputs is not None else []) if v >= 0):
+                if t not in written and fb.buffer_data(model, int(sg.tensors[t].buffer)) is None \
+                        and not sg.tensors[t].isVariable:
+                    raise ValueError(f"`{arg_name}`: operator {i} ({name}) of subgraph {s} reads tensor {t}, "
+                                     f"which is neither a constant, a graph input nor written by an earlier "
+                                     f"operator")
+            for t in (int(v) for v in (op.outputs if op.outputs is not None else [])):
+                if t in written or fb.buffer_data(model, int(sg.tensors[t].buffer)) is not None:
+                    raise ValueError(f"`{arg_name}`: operator {i} ({name}) of subgraph {s} writes tensor {t}, "
+                                     f"which is a constant, a graph input or written by another operator")
+                written.add(t)
+        for t in (int(v) for v in (sg.outputs if sg.outputs is not None else [])):
+            if t not in written and fb.buffer_data(model, int(sg.tensors[t].buffer)) is None:
+                raise ValueError(f"`{arg_name}`: graph output {t} of subgraph {s} is never written")
+        for t, tensor in enumerate(sg.tensors or []):
+            q = tensor.quantization
+            scale = np.asarray(q.scale if q is not None and q.scale is not None else [], np.float64)
+            zero = np.asarray(q.zeroPoint if q is not None and q.zeroPoint is not None else [], np.int64)
+            if scale.size and not np.all(np.isfinite(scale) & (scale > 0)):
+                raise ValueError(f"`{arg_name}`: tensor {t} of subgraph {s} has quantization scale(s) "
+                                 f"{scale[:4].tolist()}; scales must be finite and > 0")
+            if fb.tensor_type_name(tensor.type) == "INT8" and zero.size and not np.all((zero >= -128) & (zero <= 127)):
+                raise ValueError(f"`{arg_name}`: int8 tensor {t} of subgraph {s} has zero point(s) "
+                                 f"{zero[:4].tolist()} outside [-128, 127]")

@@ -11,8 +11,9 @@ Libraries (``kind``):
 - ``"tflite"``: ``tfq_codebook_core.c`` + ``tfq_codebook_decode_tflite.cc`` (+ ``tfq_graph_core.c`` +
   ``tfq_graph_ops_tflite.cc``), linked against TensorFlow's ``libtensorflow_cc.so.2``; registered through
   ``InterpreterWithCustomOps`` by the names :data:`REGISTERER` (codebook) and :data:`GRAPH_REGISTERER` (graph ops).
-- ``"c_api_mock"``: the TFLite C API entry point (``tfq_codebook_decode_c_api.c``) with a test stand-in for
-  the C API (``mock_tflite_c_api.c``); TensorFlow's wheel exports no C API to test it against.
+- ``"c_api_mock"``: the TFLite C API entry points (``tfq_codebook_decode_c_api.c``, and the graph ops'
+  ``tfq_graph_ops_c_api.c`` over ``tfq_graph_core.c``) with a test stand-in for the C API
+  (``mock_tflite_c_api.c``); TensorFlow's wheel exports no C API to test them against.
 - ``"loader"``: ``tfq_codebook_core.c`` + ``tfq_loader.c``, plain C without TensorFlow: the loader that turns
   a loader-layout compressed file into the dense model (``FORMAT.md``); :func:`decompress_native` calls it.
 - ``"graph"``: ``tfq_graph_core.c``, plain C: the graph ops' arithmetic, for :func:`graph_op_native` (tests).
@@ -47,17 +48,20 @@ _HERE = Path(__file__).resolve().parent
 _HEADERS = ["tfq_codebook_core.h"]
 _SOURCES = {
     "tflite": ["tfq_codebook_core.c", "tfq_codebook_decode_tflite.cc", "tfq_graph_core.c", "tfq_graph_ops_tflite.cc"],
-    "c_api_mock": ["tfq_codebook_core.c", "tfq_codebook_decode_c_api.c", "mock_tflite_c_api.c"],
+    "c_api_mock": ["tfq_codebook_core.c", "tfq_codebook_decode_c_api.c", "tfq_graph_core.c", "tfq_graph_ops_c_api.c",
+                   "mock_tflite_c_api.c"],
     "loader": ["tfq_codebook_core.c", "tfq_loader.c"],
     "graph": ["tfq_codebook_core.c", "tfq_graph_core.c"],
 }
 # Headers hashed for a kind besides _HEADERS (kept per kind so that adding one rebuilds only its kind).
 _EXTRA_HEADERS = {"loader": ["tfq_loader.h"], "graph": ["tfq_graph_core.h"],
-                  "tflite": ["tfq_graph_core.h", "tfq_tflite_abi.h"]}
+                  "tflite": ["tfq_graph_core.h", "tfq_tflite_abi.h"], "c_api_mock": ["tfq_graph_core.h"]}
 # Kinds built and linked with the C compiler alone (no C++ compiler needed).
 _C_ONLY = {"loader", "graph"}
 _CFLAGS = ["-std=c11", "-O2", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra"]
 _CXXFLAGS = ["-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra", "-fno-exceptions"]
+# Per-source flags: the graph ops' sum and requantization loops vectorize at -O3 (gcc 12's -O2 leaves them scalar).
+_EXTRA_FLAGS = {"tfq_graph_core.c": ["-O3"]}
 _LOCK = threading.Lock()
 _LOADED: dict[str, ctypes.CDLL] = {}
 
@@ -90,7 +94,7 @@ def _tensorflow_dir() -> str:
 
 def _link_flags(kind: str) -> list[str]:
     if kind != "tflite":
-        return ["-lm"] if kind == "graph" else []
+        return ["-lm"] if kind in ("graph", "c_api_mock") else []  # tfq_graph_core.c uses frexp / llround
     tf_dir = _tensorflow_dir()
     if not os.path.exists(os.path.join(tf_dir, "libtensorflow_cc.so.2")):
         raise KernelBuildError(f"libtensorflow_cc.so.2 is missing from {tf_dir}; the kernel links against it. "
@@ -140,7 +144,7 @@ def build_library(kind: str = "tflite", *, force: bool = False) -> Path:
     digest = hashlib.sha256()
     for name in _HEADERS + _EXTRA_HEADERS.get(kind, []) + _SOURCES[kind]:
         digest.update(name.encode() + b"\0" + (_HERE / name).read_bytes())
-    digest.update(repr((cc, cxx, _CFLAGS, _CXXFLAGS, link)).encode())
+    digest.update(repr((cc, cxx, _CFLAGS, _CXXFLAGS, _EXTRA_FLAGS, link)).encode())
     out_dir = _output_dir()
     target = out_dir / f"libtfq_{kind}-{digest.hexdigest()[:16]}.so"
     if target.exists() and not force:
@@ -150,7 +154,7 @@ def build_library(kind: str = "tflite", *, force: bool = False) -> Path:
         objects = []
         for name in _SOURCES[kind]:
             obj = os.path.join(scratch, name + ".o")
-            flags = _CXXFLAGS if name.endswith(".cc") else _CFLAGS
+            flags = (_CXXFLAGS if name.endswith(".cc") else _CFLAGS) + _EXTRA_FLAGS.get(name, [])
             _run([*(cxx if name.endswith(".cc") else cc), *flags, f"-I{_HERE}", "-c", str(_HERE / name),
                   "-o", obj])
             objects.append(obj)

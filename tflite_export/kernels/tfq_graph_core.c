@@ -68,11 +68,10 @@ int64_t tfq_graph_rsqrt_q30(int64_t c) {
   return (int64_t)(((UINT64_C(1) << 50) + root / 2) / root);
 }
 
-/* floor(v / 2**s) for 0 <= s <= 62, without relying on the implementation-defined shift of negatives. */
-static int64_t floor_shift(int64_t v, int s) {
-  if (v >= 0) return v >> s;
-  return -(((-(v + 1)) >> s)) - 1;
-}
+/* floor(v / 2**s) for 0 <= s <= 62. The right shift of a negative value is implementation-defined in C; every
+ * compiler this builds with (gcc, clang) shifts arithmetically, which is floor division, and the branch-free form
+ * lets the requantization loops vectorize. tfq_graph_check refuses to run if the compiler does otherwise. */
+static int64_t floor_shift(int64_t v, int s) { return v >> s; }
 
 /* floor(a / c) for c > 0. */
 static int64_t floor_div(int64_t a, int64_t c) {
@@ -97,6 +96,10 @@ int64_t tfq_graph_output_elements(const TfqGraphProblem* p) { return p->segments
 
 int tfq_graph_check(const TfqGraphProblem* p, char* err, size_t err_len) {
   const char* name = tfq_graph_op_name(p->op);
+  if (floor_shift(-3, 1) != -2 || floor_shift(INT64_C(-1), 62) != -1) {
+    return tfq_codebook_fail(err, err_len, "%s: this build's right shift of negative integers is not arithmetic",
+                             name);
+  }
   if (p->op < 0 || p->op > 3) return tfq_codebook_fail(err, err_len, "unknown graph op %d", p->op);
   if (p->rows < 0 || p->inner < 1 || p->edges < 0 || p->segments < 0) {
     return tfq_codebook_fail(err, err_len, "%s: negative or empty extent (rows %" PRId64 ", features %" PRId64

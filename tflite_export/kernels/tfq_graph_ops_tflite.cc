@@ -216,7 +216,8 @@ TfLiteStatus ResizeOutput(TfLiteContext* context, Tensors* t) {
   const TfLiteIntArray* current = t->output->dims;
   bool same = current != nullptr && current->size == in->size && current->data[0] == t->problem.segments;
   for (int i = 1; same && i < in->size; ++i) same = current->data[i] == in->data[i];
-  if (same) return kTfLiteOk;
+  // A dynamic output of the right shape may still have no memory (Prepare released it): resize it anyway.
+  if (same && (t->output->allocation_type != kTfLiteDynamic || t->output->data != nullptr)) return kTfLiteOk;
   TfLiteIntArray* shape = TfLiteIntArrayCreate(in->size);
   if (shape == nullptr) return Fail(context, t->problem.op, "out of memory");
   shape->data[0] = static_cast<int>(t->problem.segments);
@@ -232,8 +233,10 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
   if (t.num_segments == nullptr || KnownInPrepare(t.num_segments)) {
     if (Segments(context, &t) != kTfLiteOk || ResizeOutput(context, &t) != kTfLiteOk) return kTfLiteError;
   } else {
-    t.output->allocation_type = kTfLiteDynamic;  // what TFLite's SetTensorToDynamic does before allocation
-    t.output->data = nullptr;
+    if (t.output->allocation_type != kTfLiteDynamic) {  // what TFLite's SetTensorToDynamic does
+      t.output->allocation_type = kTfLiteDynamic;
+      t.output->data = nullptr;  // arena memory, not owned
+    }
   }
   data->prepared = 1;
   return kTfLiteOk;

@@ -150,6 +150,7 @@ class GraphInterpreter:
 
     def __init__(self, flatbuffer: bytes, num_threads: int = 1):
         content = check_flatbuffer(flatbuffer, "flatbuffer")
+        graph_ops.check_dataflow(content, "flatbuffer")
         registerers = None
         if graph_ops.uses_graph_ops(content):
             from tflite_export import kernels
