@@ -233,6 +233,32 @@ def run_bits_decay(task: Task, penalties) -> dict:
     return results
 
 
+def run_from_scratch(task: Task, penalties) -> dict:
+    """DiffQ trained from the seeded initial weights for the float arm's whole budget (``diffqfs_p<p>``:
+    ``epochs + finetune`` epochs), weights and bits rate on one cosine over all steps: the paper's setting, where
+    DiffQ is not a fine-tune of a float model."""
+    from tfq_ext import diffq
+
+    epochs = task.epochs + task.finetune
+    steps = int(math.ceil(len(task.x) * epochs / task.batch))
+    results = {}
+    for penalty in penalties:
+        keras.utils.set_random_seed(SEED)
+        t0 = time.perf_counter()
+        model = diffq.apply_diffq(task.build(), penalty=penalty, **DIFFQ)
+        optimizer = diffq.DiffQOptimizer(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(task.lr, steps)),
+                                         bits_learning_rate=keras.optimizers.schedules.CosineDecay(BITS_LR, steps))
+        task.fit(model, epochs, optimizer=optimizer)
+        per_layer = {name: float(np.mean(b)) for name, b in diffq.learned_bits(model).items()}
+        key = f"diffqfs_p{penalty:g}"
+        results[key] = _entry(task, model, time.perf_counter() - t0, penalty=penalty, epochs=epochs,
+                              mean_bits=diffq.mean_bits(model), layer_bits=per_layer,
+                              estimated_bytes=round(diffq.estimated_size(model), 1))
+        log(f"  DiffQ from scratch, penalty {penalty:g}: {task.metric_name} {results[key][task.metric_name]:.4f}, "
+            f"mean bits {results[key]['mean_bits']:.2f}, {results[key]['bytes']} B")
+    return results
+
+
 def _with_grid(task, model, grid: str) -> float:
     """The metric of the same trained model with another true-quantization grid (inference only)."""
     from tfq_ext import diffq
@@ -255,7 +281,7 @@ def compare_with_qat(results: dict, metric: str, higher_is_better: bool) -> dict
     qat = sorted((r["bytes"], r[metric]) for a, r in results.items() if a.startswith("qat_"))
     rows = {}
     for arm, row in results.items():
-        if not arm.startswith(("diffq_", "diffqbd_")) or not qat[0][0] <= row["bytes"] <= qat[-1][0]:
+        if not arm.startswith(("diffq_", "diffqbd_", "diffqfs_")) or not qat[0][0] <= row["bytes"] <= qat[-1][0]:
             continue
         upper = next(i for i, (size, _) in enumerate(qat) if size >= row["bytes"])
         (s0, m0), (s1, m1) = qat[max(upper - 1, 0)], qat[upper]
@@ -324,6 +350,26 @@ def bits_decay(out_dir, penalties=(2.0, 4.0), command: str = "") -> dict:
     entry["diffq_vs_qat"] = compare_with_qat(entry["results"], task.metric_name, task.higher_is_better)
     entry["bits_decay_seconds"] = round(time.perf_counter() - start, 1)
     report.setdefault("commands", {})["transformer_bits_decay"] = command
+    (out_dir / "diffq.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "diffq.md").write_text(_table(report))
+    _plot(task.name, task.metric_name, entry["results"], out_dir / f"diffq_{task.name}.png")
+    print(_table(report), flush=True)
+    return report
+
+
+def from_scratch(out_dir, penalties=(2.0, 4.0), command: str = "") -> dict:
+    """Adds the from-scratch DiffQ arms to the transformer task in ``diffq.json`` (``python -c "import
+    benchmarks.diffq as b; b.from_scratch('benchmarks/results')"``)."""
+    out_dir = Path(out_dir)
+    report = json.loads((out_dir / "diffq.json").read_text())
+    task = transformer_task(False)
+    start = time.perf_counter()
+    added = run_from_scratch(task, penalties)
+    entry = report["tasks"]["transformer"]
+    entry["results"].update(added)
+    entry["diffq_vs_qat"] = compare_with_qat(entry["results"], task.metric_name, task.higher_is_better)
+    entry["from_scratch_seconds"] = round(time.perf_counter() - start, 1)
+    report.setdefault("commands", {})["transformer_from_scratch"] = command
     (out_dir / "diffq.json").write_text(json.dumps(report, indent=2))
     (out_dir / "diffq.md").write_text(_table(report))
     _plot(task.name, task.metric_name, entry["results"], out_dir / f"diffq_{task.name}.png")
@@ -426,6 +472,10 @@ def _table(report) -> str:
         if f"{name}_bits_decay" in report.get("commands", {}):
             lines.append(f"diffqbd_* arms: {task.get('bits_decay_seconds', 0):.0f} s. Command: "
                          f"`{report['commands'][name + '_bits_decay']}`")
+        if f"{name}_from_scratch" in report.get("commands", {}):
+            lines.append(f"diffqfs_* arms (DiffQ from scratch, the float arm's whole budget): "
+                         f"{task.get('from_scratch_seconds', 0):.0f} s. Command: "
+                         f"`{report['commands'][name + '_from_scratch']}`")
         lines.append("")
     lines.append(f"Time of the last run {report['seconds']:.0f} s. Command: `{report['command']}`")
     return "\n".join(lines) + "\n"
@@ -441,7 +491,8 @@ def _plot(name: str, metric: str, results: dict, path) -> None:
     scale = 100.0 if metric == "accuracy" else 1.0
     styles = {"ptq": ("tab:gray", "v", "PTQ (uniform)"), "qat": ("tab:blue", "o", "QAT (uniform, STE)"),
               "diffq": ("tab:red", "s", "DiffQ"),
-              "diffqbd": ("tab:purple", "D", "DiffQ, bits rate decayed with the weights'")}
+              "diffqbd": ("tab:purple", "D", "DiffQ, bits rate decayed with the weights'"),
+              "diffqfs": ("tab:brown", "^", "DiffQ from scratch (whole budget)")}
     # The axis follows float, QAT and DiffQ; PTQ points far outside are listed instead of flattening the plot.
     core = [scale * r[metric] for a, r in results.items() if not a.startswith("ptq_")]
     pad = 0.15 * (max(core) - min(core)) + (0.2 if metric == "accuracy" else 0.01)

@@ -133,6 +133,15 @@ def convert_graph_model(model: keras.Model, *, integer_aggregation: bool = True)
     return flatbuffer
 
 
+def _registerers(content: bytes) -> list | None:
+    """The graph ops' registerer (kernels built on first use) for a file that has them, else None."""
+    if not graph_ops.uses_graph_ops(content):
+        return None
+    from tflite_export import kernels
+
+    return [kernels.graph_registerer()]
+
+
 class GraphInterpreter:
     """Runs an exported graph model on one graph at a time, resizing inputs per graph.
 
@@ -151,14 +160,9 @@ class GraphInterpreter:
     def __init__(self, flatbuffer: bytes, num_threads: int = 1):
         content = check_flatbuffer(flatbuffer, "flatbuffer")
         graph_ops.check_dataflow(content, "flatbuffer")
-        registerers = None
-        if graph_ops.uses_graph_ops(content):
-            from tflite_export import kernels
-
-            registerers = [kernels.graph_registerer()]
         # Inputs are resized per graph before the first allocation.
         self.interpreter = make_interpreter(content, num_threads=num_threads, allocate=False,
-                                            custom_op_registerers=registerers)
+                                            custom_op_registerers=_registerers(content))
         self._inputs = {}
         for detail in self.interpreter.get_input_details():
             role = [r for r in self._ROLES if r in detail["name"]]
@@ -191,12 +195,7 @@ class GraphInterpreter:
 def float_ops(flatbuffer: bytes) -> dict:
     """Op name -> ``{"int8": n, "float32": m, ...}`` by the dtype of each node's first output."""
     content = check_flatbuffer(flatbuffer, "flatbuffer")
-    registerers = None
-    if graph_ops.uses_graph_ops(content):
-        from tflite_export import kernels
-
-        registerers = [kernels.graph_registerer()]
-    graph = load_static_graph(content, custom_op_registerers=registerers)
+    graph = load_static_graph(content, custom_op_registerers=_registerers(content))
     histogram: dict = collections.defaultdict(collections.Counter)
     for op in graph.ops:
         histogram[op["op_name"]][dtype_name(graph.tensors[op["outputs"][0]]["dtype"])] += 1
