@@ -55,7 +55,7 @@ _SOURCES = {
 }
 # Headers hashed for a kind besides _HEADERS (kept per kind so that adding one rebuilds only its kind).
 _EXTRA_HEADERS = {"loader": ["tfq_loader.h"], "graph": ["tfq_graph_core.h"],
-                  "tflite": ["tfq_graph_core.h", "tfq_tflite_abi.h"], "c_api_mock": ["tfq_graph_core.h"]}
+                  "tflite": ["tfq_graph_core.h", "tfq_tflite_abi.h"], "c_api_mock": ["tfq_graph_core.h", "tfq_c_api.h"]}
 # Kinds built and linked with the C compiler alone (no C++ compiler needed).
 _C_ONLY = {"loader", "graph"}
 _CFLAGS = ["-std=c11", "-O2", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra"]

@@ -6,10 +6,11 @@
  * interpreter that uses it).
  *
  * Only the stable opaque API is used (TfLiteOpaqueContext / TfLiteOpaqueNode / TfLiteOpaqueTensor), so this
- * file does not depend on TFLite struct layouts. The declarations below are written from the documented
+ * file does not depend on TFLite struct layouts. The declarations it uses are written from the documented
  * C API (tensorflow/lite/core/c/operator.h and c_api_opaque.h); a const qualifier that differs between
- * releases does not change the ABI. TfLiteOperatorCreate takes three arguments since TF 2.16 / LiteRT; define
- * TFQ_OPERATOR_CREATE_WITH_DATA to call TfLiteOperatorCreateWithData(..., NULL) instead.
+ * releases does not change the ABI. They live in tfq_c_api.h (shared with tfq_graph_ops_c_api.c), which also
+ * says how to pick the TfLiteOperatorCreate form of a release (TFQ_OPERATOR_CREATE_WITH_DATA,
+ * TFQ_OPERATOR_CREATE_USER_DATA).
  *
  * Prepare checks, besides attributes and sizes, that the output is memory the runtime lets an op write
  * (TfLiteOpaqueTensorGetAllocationType: never model memory, which a crafted file could otherwise make Invoke
@@ -31,66 +32,7 @@
 
 #include "tfq_codebook_core.h"
 
-typedef struct TfLiteOpaqueContext TfLiteOpaqueContext;
-typedef struct TfLiteOpaqueNode TfLiteOpaqueNode;
-typedef struct TfLiteOpaqueTensor TfLiteOpaqueTensor;
-typedef struct TfLiteOperator TfLiteOperator;
-typedef int TfLiteStatusValue; /* TfLiteStatus: kTfLiteOk = 0, kTfLiteError = 1 */
-
-/* As in tensorflow/lite/core/c/common.h (a public struct of the C API). */
-typedef struct TfLiteIntArray {
-  int size;
-  int data[];
-} TfLiteIntArray;
-
-enum { kTfqStatusOk = 0, kTfqStatusError = 1 };
-enum { kTfqTypeUInt8 = 3, kTfqTypeInt8 = 9 };
-enum { kTfqBuiltinCustom = 32 };
-
-#ifdef TFQ_OPERATOR_CREATE_WITH_DATA
-extern TfLiteOperator* TfLiteOperatorCreateWithData(int builtin_code, const char* custom_name, int version,
-                                                    void* user_data);
-#else
-extern TfLiteOperator* TfLiteOperatorCreate(int builtin_code, const char* custom_name, int version);
-#endif
-extern void TfLiteOperatorSetInit(TfLiteOperator* op,
-                                  void* (*init)(TfLiteOpaqueContext*, const char*, size_t));
-extern void TfLiteOperatorSetFree(TfLiteOperator* op, void (*free_fn)(TfLiteOpaqueContext*, void*));
-extern void TfLiteOperatorSetPrepare(TfLiteOperator* op,
-                                     TfLiteStatusValue (*prepare)(TfLiteOpaqueContext*, TfLiteOpaqueNode*));
-extern void TfLiteOperatorSetInvoke(TfLiteOperator* op,
-                                    TfLiteStatusValue (*invoke)(TfLiteOpaqueContext*, TfLiteOpaqueNode*));
-extern int TfLiteOpaqueNodeNumberOfInputs(const TfLiteOpaqueNode* node);
-extern int TfLiteOpaqueNodeNumberOfOutputs(const TfLiteOpaqueNode* node);
-extern void* TfLiteOpaqueNodeGetUserData(const TfLiteOpaqueNode* node);
-extern const TfLiteOpaqueTensor* TfLiteOpaqueNodeGetInput(const TfLiteOpaqueContext* context,
-                                                          const TfLiteOpaqueNode* node, int index);
-extern TfLiteOpaqueTensor* TfLiteOpaqueNodeGetOutput(TfLiteOpaqueContext* context, const TfLiteOpaqueNode* node,
-                                                     int index);
-extern int TfLiteOpaqueTensorType(const TfLiteOpaqueTensor* tensor);
-extern int32_t TfLiteOpaqueTensorNumDims(const TfLiteOpaqueTensor* tensor);
-extern int32_t TfLiteOpaqueTensorDim(const TfLiteOpaqueTensor* tensor, int32_t dim_index);
-extern size_t TfLiteOpaqueTensorByteSize(const TfLiteOpaqueTensor* tensor);
-extern void* TfLiteOpaqueTensorData(const TfLiteOpaqueTensor* tensor);
-extern void TfLiteOpaqueContextReportError(TfLiteOpaqueContext* context, const char* format, ...);
-extern int TfLiteOpaqueTensorGetAllocationType(const TfLiteOpaqueTensor* tensor); /* TfLiteAllocationType */
-extern int TfLiteOpaqueTensorIsVariable(const TfLiteOpaqueTensor* tensor);
-extern const char* TfLiteOpaqueTensorName(const TfLiteOpaqueTensor* tensor);
-extern TfLiteStatusValue TfLiteOpaqueNodeInputs(const TfLiteOpaqueNode* node, const int** inputs, int* num_inputs);
-extern TfLiteStatusValue TfLiteOpaqueNodeOutputs(const TfLiteOpaqueNode* node, const int** outputs,
-                                                 int* num_outputs);
-extern TfLiteStatusValue TfLiteOpaqueContextGetInputs(const TfLiteOpaqueContext* context, const int** inputs,
-                                                      int* num_inputs);
-extern TfLiteStatusValue TfLiteOpaqueContextAcquireSubgraphContext(TfLiteOpaqueContext* context,
-                                                                   int subgraph_index,
-                                                                   TfLiteOpaqueContext** acquired_context);
-extern TfLiteStatusValue TfLiteOpaqueContextReleaseSubgraphContext(TfLiteOpaqueContext* context,
-                                                                   int subgraph_index);
-extern TfLiteStatusValue TfLiteOpaqueContextGetExecutionPlan(TfLiteOpaqueContext* context,
-                                                             TfLiteIntArray** execution_plan);
-extern TfLiteStatusValue TfLiteOpaqueContextGetNodeAndRegistration(TfLiteOpaqueContext* context,
-                                                                   int node_index, TfLiteOpaqueNode** node,
-                                                                   TfLiteOperator** registration);
+#include "tfq_c_api.h"
 
 typedef struct OpData {
   TfqCodebookAttrs attrs;
@@ -285,11 +227,7 @@ static TfLiteStatusValue Invoke(TfLiteOpaqueContext* context, TfLiteOpaqueNode* 
 TFQ_EXPORT TfLiteOperator* TfqCodebookDecodeOperator(void) {
   static TfLiteOperator* op = NULL;
   if (op == NULL) {
-#ifdef TFQ_OPERATOR_CREATE_WITH_DATA
-    op = TfLiteOperatorCreateWithData(kTfqBuiltinCustom, TFQ_CODEBOOK_OP_NAME, 1, NULL);
-#else
-    op = TfLiteOperatorCreate(kTfqBuiltinCustom, TFQ_CODEBOOK_OP_NAME, 1);
-#endif
+    op = TFQ_OPERATOR_CREATE(kTfqBuiltinCustom, TFQ_CODEBOOK_OP_NAME, 1);
     if (op == NULL) return NULL;
     TfLiteOperatorSetInit(op, Init);
     TfLiteOperatorSetFree(op, Free);

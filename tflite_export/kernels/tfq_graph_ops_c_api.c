@@ -53,71 +53,10 @@
 #include <stdatomic.h>
 #endif
 
-typedef struct TfLiteOpaqueContext TfLiteOpaqueContext;
-typedef struct TfLiteOpaqueNode TfLiteOpaqueNode;
-typedef struct TfLiteOpaqueTensor TfLiteOpaqueTensor;
-typedef struct TfLiteOperator TfLiteOperator;
-typedef int TfLiteStatusValue; /* TfLiteStatus: kTfLiteOk = 0, kTfLiteError = 1 */
+#include "tfq_c_api.h"
 
-/* Public structs of tensorflow/lite/core/c/common.h. */
-typedef struct TfLiteIntArray {
-  int size;
-  int data[];
-} TfLiteIntArray;
-typedef struct TfLiteQuantizationParams {
-  float scale;
-  int32_t zero_point;
-} TfLiteQuantizationParams;
-typedef struct TfLiteQuantization {
-  int type; /* TfLiteQuantizationType (an int-sized enum): kTfLiteNoQuantization = 0, kTfLiteAffineQuantization = 1 */
-  void* params;
-} TfLiteQuantization;
-
-enum { kTfqStatusOk = 0, kTfqStatusError = 1 };
-enum { kTfqTypeInt32 = 2, kTfqTypeInt8 = 9 };
-enum { kTfqBuiltinCustom = 32 };
 enum { kTfqAffineQuantization = 1 };
 enum { kTfqOptionalTensor = -1 };
-
-#if defined(TFQ_OPERATOR_CREATE_WITH_DATA)
-extern TfLiteOperator* TfLiteOperatorCreateWithData(int builtin_code, const char* custom_name, int version,
-                                                    void* user_data);
-#elif defined(TFQ_OPERATOR_CREATE_USER_DATA)
-extern TfLiteOperator* TfLiteOperatorCreate(int builtin_code, const char* custom_name, int version,
-                                            void* user_data);
-#else
-extern TfLiteOperator* TfLiteOperatorCreate(int builtin_code, const char* custom_name, int version);
-#endif
-extern void TfLiteOperatorDelete(TfLiteOperator* op);
-extern void TfLiteOperatorSetInit(TfLiteOperator* op,
-                                  void* (*init)(TfLiteOpaqueContext*, const char*, size_t));
-extern void TfLiteOperatorSetFree(TfLiteOperator* op, void (*free_fn)(TfLiteOpaqueContext*, void*));
-extern void TfLiteOperatorSetPrepare(TfLiteOperator* op,
-                                     TfLiteStatusValue (*prepare)(TfLiteOpaqueContext*, TfLiteOpaqueNode*));
-extern void TfLiteOperatorSetInvoke(TfLiteOperator* op,
-                                    TfLiteStatusValue (*invoke)(TfLiteOpaqueContext*, TfLiteOpaqueNode*));
-extern void* TfLiteOpaqueNodeGetUserData(const TfLiteOpaqueNode* node);
-extern const TfLiteOpaqueTensor* TfLiteOpaqueNodeGetInput(const TfLiteOpaqueContext* context,
-                                                          const TfLiteOpaqueNode* node, int index);
-extern TfLiteOpaqueTensor* TfLiteOpaqueNodeGetOutput(TfLiteOpaqueContext* context, const TfLiteOpaqueNode* node,
-                                                     int index);
-extern TfLiteStatusValue TfLiteOpaqueNodeInputs(const TfLiteOpaqueNode* node, const int** inputs, int* num_inputs);
-extern TfLiteStatusValue TfLiteOpaqueNodeOutputs(const TfLiteOpaqueNode* node, const int** outputs,
-                                                 int* num_outputs);
-extern int TfLiteOpaqueTensorType(const TfLiteOpaqueTensor* tensor);
-extern int32_t TfLiteOpaqueTensorNumDims(const TfLiteOpaqueTensor* tensor);
-extern int32_t TfLiteOpaqueTensorDim(const TfLiteOpaqueTensor* tensor, int32_t dim_index);
-extern size_t TfLiteOpaqueTensorByteSize(const TfLiteOpaqueTensor* tensor);
-extern void* TfLiteOpaqueTensorData(const TfLiteOpaqueTensor* tensor);
-extern int TfLiteOpaqueTensorGetAllocationType(const TfLiteOpaqueTensor* tensor); /* TfLiteAllocationType */
-extern int TfLiteOpaqueTensorIsVariable(const TfLiteOpaqueTensor* tensor);
-extern TfLiteQuantization TfLiteOpaqueTensorGetQuantization(const TfLiteOpaqueTensor* tensor);
-extern TfLiteQuantizationParams TfLiteOpaqueTensorGetQuantizationParams(const TfLiteOpaqueTensor* tensor);
-extern void TfLiteOpaqueTensorSetAllocationTypeToDynamic(TfLiteOpaqueTensor* tensor);
-extern TfLiteStatusValue TfLiteOpaqueContextResizeTensor(TfLiteOpaqueContext* context, TfLiteOpaqueTensor* tensor,
-                                                         TfLiteIntArray* new_size);
-extern TfLiteIntArray* TfLiteIntArrayCreate(int size);
-extern void TfLiteOpaqueContextReportError(TfLiteOpaqueContext* context, const char* format, ...);
 
 typedef struct OpData {
   int op;              /* TfqGraphOp */
@@ -420,13 +359,7 @@ static TfLiteOperator* Create(int op) {
   static void* (*const kInits[4])(TfLiteOpaqueContext*, const char*, size_t) = {
       InitSegmentSum, InitSegmentMean, InitGcnAggregate, InitDegreeNorm};
   const char* name = tfq_graph_op_name(op); /* a string literal: lives for the process */
-#if defined(TFQ_OPERATOR_CREATE_WITH_DATA)
-  TfLiteOperator* created = TfLiteOperatorCreateWithData(kTfqBuiltinCustom, name, 1, NULL);
-#elif defined(TFQ_OPERATOR_CREATE_USER_DATA)
-  TfLiteOperator* created = TfLiteOperatorCreate(kTfqBuiltinCustom, name, 1, NULL);
-#else
-  TfLiteOperator* created = TfLiteOperatorCreate(kTfqBuiltinCustom, name, 1);
-#endif
+  TfLiteOperator* created = TFQ_OPERATOR_CREATE(kTfqBuiltinCustom, name, 1);
   if (created == NULL) return NULL;
   TfLiteOperatorSetInit(created, kInits[op]);
   TfLiteOperatorSetFree(created, Free);
