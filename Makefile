@@ -48,12 +48,14 @@ bench: $(STAMP) bench-data
 	$(PY) -m benchmarks.run
 
 # Opt-in (not part of `test`): the C loader (tflite_export/kernels/tfq_loader.c) built with AddressSanitizer and
-# UBSan as a command-line tool, run over valid, malformed and randomly mutated loader-layout files; any
-# sanitizer report or signal fails. $(SANITIZE_CC) must ship libasan/libubsan (gcc or clang).
+# UBSan as a command-line tool, run over valid, malformed and randomly mutated loader-layout files, and the graph
+# ops' core (tfq_graph_core.c) run on 90 000 random valid and hostile calls (tfq_graph_fuzz_main.c); any
+# sanitizer report, signal or broken promise fails. $(SANITIZE_CC) must ship libasan/libubsan (gcc or clang).
 .PHONY: sanitize
 SANITIZE_CC ?= gcc
 KERNELS := tflite_export/kernels
 LOADER_ASAN := $(KERNELS)/build/tfq_loader_asan
+GRAPH_ASAN := $(KERNELS)/build/tfq_graph_fuzz_asan
 
 sanitize: $(STAMP)
 	mkdir -p $(KERNELS)/build
@@ -62,6 +64,10 @@ sanitize: $(STAMP)
 	  -o $(LOADER_ASAN)
 	TFQ_LOADER_ASAN=$(abspath $(LOADER_ASAN)) $(PY) -m pytest tests/tflite_export/test_loader_native.py -k sanitized \
 	  -p no:cacheprovider -rA
+	$(SANITIZE_CC) -std=c11 -g -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all \
+	  -Wall -Wextra -I$(KERNELS) $(KERNELS)/tfq_graph_fuzz_main.c $(KERNELS)/tfq_graph_core.c \
+	  $(KERNELS)/tfq_codebook_core.c -lm -o $(GRAPH_ASAN)
+	for seed in 1 2 3; do $(GRAPH_ASAN) 30000 $$seed || exit 1; done
 
 clean:
 	rm -rf $(VENV) demo_out build *.egg-info
