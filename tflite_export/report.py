@@ -9,7 +9,8 @@ The dtype rule for a full-integer model:
   masks that some ops take in wider types, not weight data (a quantized int16/int64 constant would be
   16x8-scheme weight or bias data, which int8 hardware cannot run).
 - Any float tensor is a violation, except, when ``float_io=True``, a float graph input that only QUANTIZE
-  nodes read and a float graph output that a DEQUANTIZE node writes: the converter's float-interface wrapper.
+  nodes (and SHAPE nodes, which read its dimensions only) read and a float graph output that a DEQUANTIZE node
+  writes: the converter's float-interface wrapper.
 - Tensors of further subgraphs (control flow bodies) are checked by dtype only; any float one is a violation.
 
 A compressed file (``tflite_export.compress``, either layout) is decompressed in memory first: the report
@@ -178,7 +179,8 @@ def tensor_violations(graph: StaticGraph, float_io: bool = False) -> tuple[list,
     excused: set[int] = set()
     if float_io:
         for t in graph.inputs:
-            if all(ops[n]["op_name"] == "QUANTIZE" for n in consumers.get(t, [])):
+            # SHAPE reads only the dimensions (a graph model's node count), never the float values.
+            if all(ops[n]["op_name"] in ("QUANTIZE", "SHAPE") for n in consumers.get(t, [])):
                 excused.add(t)
         for t in graph.outputs:
             if t not in producers or ops[producers[t]]["op_name"] == "DEQUANTIZE":

@@ -161,6 +161,17 @@ def test_integer_file_has_no_float_and_matches_keras(conv, task, gcn_graph):
         assert (logits.argmax(-1) == reference_logits.argmax(-1)).mean() >= 0.98
 
 
+def test_verify_calls_the_integer_file_integer_only(gcn_graph):
+    from tflite_export import verify
+
+    model, _ = gcn_graph
+    report = verify(convert_graph_model(model), float_io=True)
+    assert report.integer_only and report.float_tensors == []
+    assert {"TfqDegreeNorm", "TfqGcnAggregate", "TfqSegmentMean"} <= set(report.op_histogram)
+    builtin = verify(convert_graph_model(model, integer_aggregation=False), float_io=True)
+    assert not builtin.integer_only and len(builtin.float_tensors) > 10
+
+
 def test_saved_model_converts_to_the_same_integer_file(gcn_graph, tmp_path):
     model, graphs = gcn_graph
     model.save(tmp_path / "saved", save_format="tf")
