@@ -337,44 +337,36 @@ def _int8_grid_check(flatbuffer: bytes, diffq_model) -> dict:
 TASKS = ("fashion_mnist", "shakespeare", "transformer")
 
 
-def bits_decay(out_dir, penalties=(2.0, 4.0), command: str = "") -> dict:
-    """Adds the decayed-bits-rate DiffQ arms to the transformer task in ``diffq.json`` (``python -c "import
-    benchmarks.diffq as b; b.bits_decay('benchmarks/results')"``)."""
+def _add_transformer_arms(out_dir, run, penalties, kind: str, command: str) -> dict:
+    """Runs ``run(task, penalties)`` on the transformer task and merges its arms into ``diffq.json`` (time under
+    ``<kind>_seconds``, command under ``transformer_<kind>``), then rewrites the table and the plot."""
     out_dir = Path(out_dir)
     report = json.loads((out_dir / "diffq.json").read_text())
     task = transformer_task(False)
     start = time.perf_counter()
-    added = run_bits_decay(task, penalties)
+    added = run(task, penalties)
     entry = report["tasks"]["transformer"]
     entry["results"].update(added)
     entry["diffq_vs_qat"] = compare_with_qat(entry["results"], task.metric_name, task.higher_is_better)
-    entry["bits_decay_seconds"] = round(time.perf_counter() - start, 1)
-    report.setdefault("commands", {})["transformer_bits_decay"] = command
+    entry[f"{kind}_seconds"] = round(time.perf_counter() - start, 1)
+    report.setdefault("commands", {})[f"transformer_{kind}"] = command
     (out_dir / "diffq.json").write_text(json.dumps(report, indent=2))
     (out_dir / "diffq.md").write_text(_table(report))
     _plot(task.name, task.metric_name, entry["results"], out_dir / f"diffq_{task.name}.png")
     print(_table(report), flush=True)
     return report
+
+
+def bits_decay(out_dir, penalties=(2.0, 4.0), command: str = "") -> dict:
+    """Adds the decayed-bits-rate DiffQ arms to the transformer task in ``diffq.json`` (``python -c "import
+    benchmarks.diffq as b; b.bits_decay('benchmarks/results')"``)."""
+    return _add_transformer_arms(out_dir, run_bits_decay, penalties, "bits_decay", command)
 
 
 def from_scratch(out_dir, penalties=(2.0, 4.0), command: str = "") -> dict:
     """Adds the from-scratch DiffQ arms to the transformer task in ``diffq.json`` (``python -c "import
     benchmarks.diffq as b; b.from_scratch('benchmarks/results')"``)."""
-    out_dir = Path(out_dir)
-    report = json.loads((out_dir / "diffq.json").read_text())
-    task = transformer_task(False)
-    start = time.perf_counter()
-    added = run_from_scratch(task, penalties)
-    entry = report["tasks"]["transformer"]
-    entry["results"].update(added)
-    entry["diffq_vs_qat"] = compare_with_qat(entry["results"], task.metric_name, task.higher_is_better)
-    entry["from_scratch_seconds"] = round(time.perf_counter() - start, 1)
-    report.setdefault("commands", {})["transformer_from_scratch"] = command
-    (out_dir / "diffq.json").write_text(json.dumps(report, indent=2))
-    (out_dir / "diffq.md").write_text(_table(report))
-    _plot(task.name, task.metric_name, entry["results"], out_dir / f"diffq_{task.name}.png")
-    print(_table(report), flush=True)
-    return report
+    return _add_transformer_arms(out_dir, run_from_scratch, penalties, "from_scratch", command)
 
 
 def main(out_dir, quick: bool = False, command: str = "", tasks=TASKS) -> dict:
