@@ -162,6 +162,14 @@ def _rsqrt_degree(g: _Graph, tensor: int) -> tuple | None:
     return _count(g, x)
 
 
+def _same_value(g: _Graph, a: int, b: int) -> bool:
+    """Whether two int32 tensors certainly hold the same value: one tensor, or equal constants."""
+    if a == b:
+        return True
+    ca, cb = g.constant(a), g.constant(b)
+    return ca is not None and cb is not None and ca.shape == cb.shape and bool(np.all(ca == cb))
+
+
 def _dequantized(g: _Graph, tensor: int) -> int | None:
     """The int8 tensor ``tensor`` is the DEQUANTIZE of."""
     i = g.made_by(tensor, "DEQUANTIZE")
@@ -218,7 +226,10 @@ def _match(g: _Graph, q: int) -> tuple | None:
         a, b = g.inputs(m)
         if not g.is_scalar(b, 1.0):
             a, b = b, a
-        if g.is_scalar(b, 1.0) and _count(g, a) is not None and _count(g, a)[0] == summed[1]:
+        count = _count(g, a)
+        # The count must be over the same ids and number of segments: a count of another length would broadcast.
+        if g.is_scalar(b, 1.0) and count is not None and count[0] == summed[1] and _same_value(g, count[1],
+                                                                                             summed[2]):
             return "TfqSegmentMean", list(summed)
         return None
     mul = g.made_by(src, "MUL")
@@ -238,7 +249,7 @@ def _match(g: _Graph, q: int) -> tuple | None:
         for a, b in (g.inputs(add)[:2], g.inputs(add)[1::-1]):
             summed, self_rows = _segment_sum(g, a), _dequantized(g, b)
             if (summed is not None and self_rows is not None and summed[3] >= 0 and summed[0] == self_rows
-                    and summed[1] == ids):
+                    and summed[1] == ids and _same_value(g, summed[2], n)):
                 return "TfqGcnAggregate", [self_rows, ids, summed[2], summed[3]]
     return None
 
