@@ -32,10 +32,9 @@ from typing import Any
 import numpy as np
 
 from tflite_export import flatbuffer as fb
+from tflite_export.kernels import GRAPH_OPS
 
 __all__ = ["integer_aggregation", "uses_graph_ops", "remaining_float_ops", "check_dataflow", "GRAPH_OPS"]
-
-GRAPH_OPS = ("TfqSegmentSum", "TfqSegmentMean", "TfqGcnAggregate", "TfqDegreeNorm")
 # Ops without side effects whose results may be dropped once nothing reads them.
 _PURE = {"DEQUANTIZE", "QUANTIZE", "UNSORTED_SEGMENT_SUM", "GATHER", "FILL", "SHAPE", "MAXIMUM", "MINIMUM", "ADD",
          "SUB", "MUL", "DIV", "RSQRT", "SQRT", "RESHAPE", "STRIDED_SLICE", "SUM", "CUMSUM", "EXPAND_DIMS", "CAST",
@@ -314,8 +313,7 @@ def integer_aggregation(content: bytes) -> tuple[bytes, list[dict]]:
             out = g.sg.tensors[int(op.outputs[0])].name
             rewrites.append({"op": name, "output": out.decode("utf-8", "replace") if isinstance(out, bytes)
                              else str(out)})
-            changed = True
-            g = _Graph(model, index)  # producers of later ops are unchanged; readers changed
+            changed = True  # the op keeps its output, so `g.producer`, all _match reads, stays valid
         if changed:
             _remove_dead(model, index)
     if not rewrites:

@@ -252,7 +252,7 @@ def graph_op_native(op: str, data, segment_ids, num_segments: int, *, gather=Non
         None if gather_arr is None else gather_arr.ctypes.data, segments, float(in_scale), int(in_zero),
         float(out_scale), int(out_zero), out.ctypes.data, out.size, err, _ERR_LEN)
     if status != 0:
-        raise ValueError(f"{err.value.decode('utf-8', 'replace')}")
+        raise ValueError(err.value.decode("utf-8", "replace"))
     return out
 
 
