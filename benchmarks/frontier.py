@@ -1,7 +1,10 @@
 """The size/accuracy frontier of ``tfq_ext.compress_model`` next to the peers' options, on the same trained models.
 
-Models (Fashion-MNIST, trained here from scratch): the conv-BN CNN of ``benchmarks/qat_vs_tfmot.py`` (28x28x1)
-and MobileNetV2 (alpha 0.35, 32x32 RGB resize, ``weights=None``) as the MobileNet-class model.
+Models (Fashion-MNIST, trained here from scratch): the compact conv-BN CNN of ``benchmarks/qat_vs_tfmot.py``
+(28x28x1, 56k weights, all but 650 in 3x3 convolutions), the classic conv-conv-dense CNN of
+``benchmarks/diffq.py`` (421k weights, 95% in its 3136x128 dense layer: the over-parameterized shape of most
+deployed classifiers' heads) and MobileNetV2 (alpha 0.35, 32x32 RGB resize, ``weights=None``) as the
+MobileNet-class model.
 
 Peers on the same float model: tfmot QAT int8; tfmot weight clustering (4 and 16 clusters, fine-tuned, stripped,
 then post-training full int8 by the TFLite converter), reported at file size and at gzip size (what tfmot's
@@ -30,9 +33,10 @@ import numpy as np
 
 from tfq_ext._keras import keras, tf
 
-MODELS = ("fmnist_cnn", "mobilenet_v2")
+MODELS = ("fmnist_cnn", "fmnist_cnn_fc", "mobilenet_v2")
 SIZES = {  # train images, float epochs, fine-tune epochs per candidate, batch
     "fmnist_cnn": (30000, 15, 2, 128),
+    "fmnist_cnn_fc": (30000, 15, 2, 128),
     "mobilenet_v2": (20000, 10, 1, 128),
 }
 
@@ -62,6 +66,10 @@ def _build(name: str):
         from benchmarks.qat_vs_tfmot import build_cnn
 
         return build_cnn()
+    if name == "fmnist_cnn_fc":
+        from benchmarks.diffq import build_cnn as build_cnn_fc
+
+        return build_cnn_fc()
     model = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10,
                                            classifier_activation=None)
     # keras.applications' BatchNormalization momentum is 0.999: after the ~1600 steps trained here the moving
@@ -138,6 +146,11 @@ def _build_keras3(name: str):
             x = L.ReLU()(L.BatchNormalization()(L.Conv2D(filters, 3, padding="same", use_bias=False)(x)))
             x = L.MaxPooling2D()(x) if pool else x
         return keras3.Model(inp, L.Dense(10, name="logits")(L.GlobalAveragePooling2D()(x)))
+    if name == "fmnist_cnn_fc":
+        L = keras3.layers
+        return keras3.Sequential([keras3.Input((28, 28, 1)), L.Conv2D(32, 3, padding="same", activation="relu"),
+                                  L.MaxPooling2D(), L.Conv2D(64, 3, padding="same", activation="relu"),
+                                  L.MaxPooling2D(), L.Flatten(), L.Dense(128, activation="relu"), L.Dense(10)])
     return keras3.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10,
                                            classifier_activation=None)
 

@@ -125,6 +125,38 @@ def test_time_budget_skips_candidates_but_still_reports(trained, digits, tmp_pat
     assert res.recommended is None and json.loads((tmp_path / "report.json").read_text())["recommended"] is None
 
 
+def test_ipq_plan_block_sizes_only_change_what_they_touch():
+    from tfq_ext.compress import _ipq_plan
+
+    layers = keras.layers
+    fc = keras.Sequential([keras.Input((8, 8, 1)), layers.Conv2D(16, 3, name="conv"), layers.Conv2D(16, 3, name="k"),
+                           layers.Flatten(), layers.Dense(64, name="fc"), layers.Dense(10, name="out")])
+    # conv: 16 kernels, too few; k: 256 kernels of 9; fc: 9216 weights; out: 640 weights (160 blocks of 4).
+    assert _ipq_plan(fc, 4) == (("k", 9), ("fc", 4), ("out", 4))
+    assert _ipq_plan(fc, 8) == (("k", 9), ("fc", 8))  # out has 80 blocks of 8: stays int8
+    assert _ipq_plan(fc, 16) == (("k", 9), ("fc", 16))
+    all_conv = _tiny_cnn()  # 3x3 kernels are one block whatever the block size; the dense layer is too small
+    assert _ipq_plan(all_conv, 8) == _ipq_plan(all_conv, 16) == _ipq_plan(all_conv, 4)
+
+
+def test_a_setting_with_an_earlier_settings_plan_is_skipped(trained, digits, monkeypatch):
+    import tfq_ext.compress as compress
+
+    built = []
+
+    def cheap_builder(ctx, block):  # the loop's bookkeeping is under test, not iPQ: record the call, give a file
+        built.append(block)
+        return compress._ptq(ctx, None)
+
+    monkeypatch.setitem(compress._BUILDERS, "ipq", cheap_builder)
+    res = compress_model(trained, (digits.x_train[:200], digits.y_train[:200]), (digits.x_test, digits.y_test),
+                         methods=["ipq"], latency_rounds=0, verbose=0)
+    assert built == [4]  # the tiny CNN's plan is the same at every block size
+    assert [(c.name, c.status) for c in res.candidates] == [("ipq_b4", "ok"), ("ipq_b8", "skipped"),
+                                                           ("ipq_b16", "skipped")]
+    assert res.candidate("ipq_b16").error == "same layers and blocks as ipq_b4 on this model"
+
+
 def test_custom_metric_and_loss(trained, digits):
     def top2(y_true, y_pred):
         return float(np.mean([t in np.argsort(p)[-2:] for t, p in zip(y_true, y_pred)]))

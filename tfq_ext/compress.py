@@ -422,6 +422,20 @@ def _small_layers(model, block: int) -> List[str]:
     return small
 
 
+def _ipq_plan(model, block: int, exclude=()) -> Tuple[Tuple[str, int], ...]:
+    """(layer, block length) of every layer iPQ quantizes at ``block``: a k x k conv's block is one kernel."""
+    from tfq_ext.quant_noise.ipq import _kernel, _kind
+
+    skipped = set(exclude) | set(_small_layers(model, block))
+    plan = []
+    for layer in model.layers:
+        if _kind(layer) is None or layer.name in skipped:
+            continue
+        shape = [int(s) for s in _kernel(layer).shape]
+        plan.append((layer.name, shape[0] * shape[1] if len(shape) == 4 and shape[0] * shape[1] > 1 else block))
+    return tuple(plan)
+
+
 def _ipq_model(ctx: _Context, model, block: int, exclude=()):
     from tfq_ext.quant_noise import QuantNoiseCentroidRefresh, add_quant_noise, quantize_pq
     from tfq_ext.quant_noise.ipq import _kind
@@ -485,10 +499,15 @@ _SETTINGS = {
            ("kq_0.6b", 0.6, " at 0.6 bit per weight of the k x k convs it quantizes")],
     "diffq": [("diffq_p0.3", 0.3, " (relative penalty 0.3)"), ("diffq_p3", 3.0, " (relative penalty 3)")],
     "ipq": [("ipq_b4", 4, " (blocks of 4; k x k convs: one kernel)"),
-            ("ipq_b8", 8, " (blocks of 8; k x k convs: one kernel)")],
+            ("ipq_b8", 8, " (blocks of 8; k x k convs: one kernel)"),
+            ("ipq_b16", 16, " (blocks of 16; k x k convs: one kernel)")],
     "kq+ipq": [("kq+ipq", (1.7, 4), " (KQ 1.7 bits, iPQ blocks of 4)")],
     "tfmot_qat": [("tfmot_qat", None, "")],
 }
+# method -> plan(ctx, setting): what the setting does to this model; a setting whose plan equals an earlier
+# setting's would train the same candidate again and is skipped (e.g. iPQ block sizes on a model whose layers
+# are all k x k convs, whose blocks are kernels whatever the setting).
+_PLANS: Dict[str, Callable] = {"ipq": lambda ctx, block: _ipq_plan(ctx.folded, block)}
 _BUILDERS: Dict[str, Callable] = {"ptq_int8": _ptq, "qat_int8": _qat, "kq": _kq, "diffq": _diffq, "ipq": _ipq,
                                   "kq+ipq": _kq_ipq, "tfmot_qat": _tfmot_qat}
 
@@ -652,6 +671,7 @@ def compress_model(model, train, validation, *, methods: Optional[Sequence[str]]
             for name, setting, suffix in _SETTINGS[method]]
     candidates: List[Candidate] = []
     loaded: Dict[str, bytes] = {}
+    plans: Dict[str, list] = {m: [] for m in _PLANS}
     for i, (method, name, setting, description) in enumerate(plan):
         candidate = Candidate(name=name, method=method, description=description,
                               reference=method in REFERENCE_METHODS)
@@ -661,6 +681,14 @@ def compress_model(model, train, validation, *, methods: Optional[Sequence[str]]
             candidate.status, candidate.error = "skipped", f"time budget spent ({elapsed:.0f} s of {time_budget:g} s)"
             _log(f"{i + 1}/{len(plan)} {name}: skipped, {candidate.error}", verbose)
             continue
+        if method in _PLANS:
+            mine = _PLANS[method](ctx, setting)
+            same = next((earlier for earlier, theirs in plans[method] if theirs == mine), None)
+            if same is not None:
+                candidate.status, candidate.error = "skipped", f"same layers and blocks as {same} on this model"
+                _log(f"{i + 1}/{len(plan)} {name}: skipped, {candidate.error}", verbose)
+                continue
+            plans[method].append((name, mine))
         _log(f"{i + 1}/{len(plan)} {name}: {description}", verbose)
         start = time.perf_counter()
         keras.utils.set_random_seed(seed)
