@@ -287,7 +287,10 @@ def _fmt(v, spec=".4f"):
 
 def markdown(result: dict) -> str:
     lines = ["# Size/accuracy frontier: `tfq_ext.compress_model` vs the peers", "",
-             f"Command: `{result['command']}` ({result['date']}, {result['seconds']:.0f} s); {result['machine']}.",
+             "Commands (a model's entry is kept when another model is rerun with `--models`): " + "; ".join(
+                 f"{m['model']}: `{m.get('command', result['command'])}` ({m.get('date', result['date'])}"
+                 + (f", {m['seconds']:.0f} s)" if m.get("seconds") else ")") for m in result["models"].values())
+             + f". {result['machine']}.",
              "Accuracy: each file run in ai-edge-litert on the validation images (Fashion-MNIST test images); "
              "latency: XNNPACK, 1 thread, batch 1, all files of a model interleaved, median of rounds of 10 "
              "invokes (a compressed file after loading); bytes: the file on disk.", ""]
@@ -332,6 +335,51 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(result: dict, out_dir) -> list:
+    """One PNG per model: file size (log axis) vs accuracy, tfq_ext's files and frontier next to every peer file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for m in result["models"].values():
+        f = m["compress"]["float"]
+        fig, ax = plt.subplots(figsize=(8, 5))
+        ours = [c for c in m["compress"]["candidates"] if c["status"] == "ok" and not c.get("reference")]
+        ax.scatter([c["bytes"] for c in ours], [c["accuracy"] for c in ours], marker="o", s=45, color="tab:blue",
+                   label="tfq_ext files", zorder=3)
+        front = sorted((c for c in ours if c["name"] in m["compress"]["frontier"]), key=lambda c: c["bytes"])
+        ax.plot([c["bytes"] for c in front], [c["accuracy"] for c in front], "-", color="tab:blue", lw=1,
+                label="tfq_ext frontier")
+        peers = [dict(p, method="tfmot QAT") for p in m["compress"]["candidates"]
+                 if p.get("reference") and p["status"] == "ok"] + [p for p in m["peers"] if p["status"] == "ok"]
+        for method, marker in (("tfmot QAT", "s"), ("tfmot clustering + int8", "^"), ("ai-edge-quantizer", "D")):
+            items = [p for p in peers if p["method"] == method]
+            if items:
+                ax.scatter([p["bytes"] for p in items], [p["accuracy"] for p in items], marker=marker, s=55,
+                           facecolors="none", edgecolors="tab:red", label=method, zorder=4)
+        for c in ours + peers:
+            ax.annotate(c["name"], (c["bytes"], c["accuracy"]), textcoords="offset points", xytext=(4, 3), fontsize=6)
+        ax.scatter([f["bytes"]], [f["accuracy"]], marker="X", s=80, color="black", label="float32 .tflite", zorder=5)
+        ax.axhline(f["accuracy"] - 0.01, color="gray", lw=0.8, ls="--", label="float32 - 1 point")
+        ax.axvline(f["bytes"] / 25, color="green", lw=0.8, ls=":", label="25x smaller than float32")
+        ax.set_xscale("log")
+        low = min(c["accuracy"] for c in ours + peers)
+        ax.set_ylim(max(low, f["accuracy"] - 0.15) - 0.005, max(c["accuracy"] for c in ours + peers + [f]) + 0.005)
+        ax.set_xlabel(".tflite file size (bytes, log scale)")
+        ax.set_ylabel("accuracy from the file (5000 test images)")
+        ax.set_title(f"{m['model']}: tfq_ext files vs the peers' (Fashion-MNIST)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+        fig.tight_layout()
+        path = Path(out_dir) / f"frontier_{m['model']}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
 def main(out_dir, quick: bool = False, command: str = "", models=MODELS) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -344,12 +392,17 @@ def main(out_dir, quick: bool = False, command: str = "", models=MODELS) -> dict
               "machine": f"{platform.platform()}, TF {tf.__version__}",
               "models": {k: v for k, v in previous.get("models", {}).items() if k not in models}}
     for name in models:
+        started = datetime.datetime.now().isoformat(timespec="seconds")
+        model_t0 = time.perf_counter()
         result["models"][name] = run_model(name, quick, out_dir)
+        result["models"][name].update(command=result["command"], date=started,
+                                      seconds=round(time.perf_counter() - model_t0, 1))
         result["seconds"] = time.perf_counter() - t0
         path.write_text(json.dumps(result, indent=2, default=str))
     result["seconds"] = time.perf_counter() - t0
     path.write_text(json.dumps(result, indent=2, default=str))
     (out_dir / "frontier.md").write_text(markdown(result))
+    plot(result, out_dir)
     print(markdown(result), flush=True)
     return result
 

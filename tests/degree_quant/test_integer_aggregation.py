@@ -1,6 +1,7 @@
 """Integer graph aggregation: the C ops against a numpy reference, the rewritten GNN files against the Keras
 models, hostile files and indices."""
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -105,6 +106,8 @@ def test_unknown_op_is_refused():
 
 # --- rewritten files against the Keras models ---------------------------------------------------------------
 
+# Training and converting a tf-gnn model costs seconds each: every test reads the same trained models and files.
+@functools.lru_cache(maxsize=None)
 def _trained(conv, task, seed=0):
     keras.utils.set_random_seed(seed)
     if task == "graph":
@@ -126,6 +129,13 @@ def _trained(conv, task, seed=0):
     return model, graphs
 
 
+@functools.lru_cache(maxsize=None)
+def _files(conv, task):
+    """(integer file, converter file) of ``_trained(conv, task)``; tests must not edit them (bytes are immutable)."""
+    model, _ = _trained(conv, task)
+    return convert_graph_model(model), convert_graph_model(model, integer_aggregation=False)
+
+
 @pytest.fixture(scope="module")
 def gcn_graph():
     return _trained("gcn", "graph")
@@ -133,10 +143,10 @@ def gcn_graph():
 
 @pytest.mark.parametrize("conv, task", [("gcn", "graph"), ("gin", "graph"), ("gcn", "node"), ("gin", "node")])
 def test_integer_file_has_no_float_and_matches_keras(conv, task, gcn_graph):
-    model, graphs = gcn_graph if (conv, task) == ("gcn", "graph") else _trained(conv, task)
-    integer = convert_graph_model(model)
+    model, graphs = _trained(conv, task)
+    integer, converter_file = _files(conv, task)
     assert graph_ops.remaining_float_ops(integer) == []
-    floats = graph_ops.remaining_float_ops(convert_graph_model(model, integer_aggregation=False))
+    floats = graph_ops.remaining_float_ops(converter_file)
     assert "UNSORTED_SEGMENT_SUM" in floats and "DEQUANTIZE" in floats
     histogram = float_ops(integer)
     expected = {"gcn": {"TfqDegreeNorm", "TfqGcnAggregate", "TfqSegmentMean"},
@@ -148,7 +158,7 @@ def test_integer_file_has_no_float_and_matches_keras(conv, task, gcn_graph):
     head = model.get_layer("head").output_quantizer
     step = (float(head.max_var) - float(head.min_var)) / 255
     runner, plain = GraphInterpreter(integer), plain_tensor_model(model)
-    builtin = GraphInterpreter(convert_graph_model(model, integer_aggregation=False))
+    builtin = GraphInterpreter(converter_file)
     for args in graphs:
         logits, reference_logits = runner(*args), plain([tf.constant(a) for a in args], training=False).numpy()
         # The integer ops compute what the converter's float aggregation computes (measured: bit-identical).
@@ -198,14 +208,14 @@ def test_integer_files_on_the_real_graphs(dataset):
     assert right[0] == right[1]
 
 
-def test_verify_calls_the_integer_file_integer_only(gcn_graph):
+def test_verify_calls_the_integer_file_integer_only():
     from tflite_export import verify
 
-    model, _ = gcn_graph
-    report = verify(convert_graph_model(model), float_io=True)
+    integer, converter_file = _files("gcn", "graph")
+    report = verify(integer, float_io=True)
     assert report.integer_only and report.float_tensors == []
     assert {"TfqDegreeNorm", "TfqGcnAggregate", "TfqSegmentMean"} <= set(report.op_histogram)
-    builtin = verify(convert_graph_model(model, integer_aggregation=False), float_io=True)
+    builtin = verify(converter_file, float_io=True)
     assert not builtin.integer_only and len(builtin.float_tensors) > 10
 
 
@@ -213,14 +223,14 @@ def test_saved_model_converts_to_the_same_integer_file(gcn_graph, tmp_path):
     model, graphs = gcn_graph
     model.save(tmp_path / "saved", save_format="tf")
     restored = keras.models.load_model(tmp_path / "saved")
-    a, b = GraphInterpreter(convert_graph_model(model)), GraphInterpreter(convert_graph_model(restored))
+    a, b = GraphInterpreter(_files("gcn", "graph")[0]), GraphInterpreter(convert_graph_model(restored))
     for args in graphs:
         np.testing.assert_array_equal(a(*args), b(*args))
 
 
 def test_bad_edge_index_is_a_clear_error(gcn_graph):
-    model, graphs = gcn_graph
-    runner = GraphInterpreter(convert_graph_model(model))
+    _, graphs = gcn_graph
+    runner = GraphInterpreter(_files("gcn", "graph")[0])
     features, source, target = graphs[0]
     with pytest.raises(ValueError, match="segment id .* is outside"):
         runner(features, source, target + len(features))
@@ -290,11 +300,10 @@ def _mutate(content, rng):
 def test_hostile_graph_files_and_indices_do_not_crash(gcn_graph, tmp_path):
     """Seeded hostile edits of the integer GCN and GIN files, and hostile edge indices, run in a worker process:
     every case either runs or fails with an exception; the worker must not die or hang."""
-    model, graphs = gcn_graph
-    gin, _ = _trained("gin", "graph")
+    _, graphs = gcn_graph
     rng = np.random.default_rng(0)
     cases = []
-    for content in (convert_graph_model(model), convert_graph_model(gin)):
+    for content in (_files("gcn", "graph")[0], _files("gin", "graph")[0]):
         for _ in range(60):
             cases.append(_mutate(content, rng))
     for i, case in enumerate(cases):
