@@ -22,6 +22,7 @@ import datetime
 import gzip
 import json
 import math
+import os
 import platform
 import resource
 import tempfile
@@ -281,6 +282,19 @@ def run_model(name: str, quick: bool, out_dir: Path) -> dict:
             "rss_at_start_mb": rss0 / 1024.0}
 
 
+def _cpu() -> str:
+    """The CPU model and its int8 dot-product extensions: XNNPACK's int8 kernels are much faster with VNNI, so
+    int8-vs-float32 latency differs between machines."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    wanted = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if f in flags]
+    return f"{model} ({os.cpu_count()} CPUs; {' '.join(wanted) or 'no AVX2'})"
+
+
 def _fmt(v, spec=".4f"):
     return "-" if v is None else format(v, spec)
 
@@ -389,7 +403,7 @@ def main(out_dir, quick: bool = False, command: str = "", models=MODELS) -> dict
     previous = json.loads(path.read_text()) if path.exists() and set(models) != set(MODELS) else {}
     result = {"benchmark": "frontier", "quick": quick, "command": command or "python -m benchmarks.run --only frontier",
               "date": datetime.datetime.now().isoformat(timespec="seconds"),
-              "machine": f"{platform.platform()}, TF {tf.__version__}",
+              "machine": f"{platform.platform()}, {_cpu()}, TF {tf.__version__}",
               "models": {k: v for k, v in previous.get("models", {}).items() if k not in models}}
     for name in models:
         started = datetime.datetime.now().isoformat(timespec="seconds")
