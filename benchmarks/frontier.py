@@ -303,8 +303,8 @@ def markdown(result: dict) -> str:
     lines = ["# Size/accuracy frontier: `tfq_ext.compress_model` vs the peers", "",
              "Commands (a model's entry is kept when another model is rerun with `--models`): " + "; ".join(
                  f"{m['model']}: `{m.get('command', result['command'])}` ({m.get('date', result['date'])}"
-                 + (f", {m['seconds']:.0f} s)" if m.get("seconds") else ")") for m in result["models"].values())
-             + f". {result['machine']}.",
+                 + (f", {m['seconds']:.0f} s" if m.get("seconds") else "") + f"; {m.get('machine', result['machine'])})"
+                 for m in result["models"].values()) + ".",
              "Accuracy: each file run in ai-edge-litert on the validation images (Fashion-MNIST test images); "
              "latency: XNNPACK, 1 thread, batch 1, all files of a model interleaved, median of rounds of 10 "
              "invokes (a compressed file after loading); bytes: the file on disk.", ""]
@@ -409,7 +409,7 @@ def main(out_dir, quick: bool = False, command: str = "", models=MODELS) -> dict
         started = datetime.datetime.now().isoformat(timespec="seconds")
         model_t0 = time.perf_counter()
         result["models"][name] = run_model(name, quick, out_dir)
-        result["models"][name].update(command=result["command"], date=started,
+        result["models"][name].update(command=result["command"], date=started, machine=result["machine"],
                                       seconds=round(time.perf_counter() - model_t0, 1))
         result["seconds"] = time.perf_counter() - t0
         path.write_text(json.dumps(result, indent=2, default=str))

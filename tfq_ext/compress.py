@@ -404,36 +404,32 @@ _MIN_BLOCKS = 128
 _MAX_STAGES = 4
 
 
-def _small_layers(model, block: int) -> List[str]:
-    """Names of the Dense/Conv2D/Embedding layers with fewer than ``_MIN_BLOCKS`` iPQ blocks of size ``block``."""
+def _ipq_layers(model, block: int) -> List[Tuple[str, int, int]]:
+    """(name, block length, number of blocks) of every Dense/Conv2D/Embedding layer at iPQ block size ``block``
+    (a k x k conv's block is one kernel)."""
     from tfq_ext.quant_noise.ipq import _kernel, _kind
 
-    small = []
+    rows = []
     for layer in model.layers:
         if _kind(layer) is None:
             continue
         shape = [int(s) for s in _kernel(layer).shape]
-        if len(shape) == 4 and shape[0] * shape[1] > 1:  # k x k conv: one kernel per block
-            blocks = shape[2] * shape[3]
+        if len(shape) == 4 and shape[0] * shape[1] > 1:
+            rows.append((layer.name, shape[0] * shape[1], shape[2] * shape[3]))
         else:
-            blocks = int(np.prod(shape)) // block
-        if blocks < _MIN_BLOCKS:
-            small.append(layer.name)
-    return small
+            rows.append((layer.name, block, int(np.prod(shape)) // block))
+    return rows
+
+
+def _small_layers(model, block: int) -> List[str]:
+    """Names of the layers with fewer than ``_MIN_BLOCKS`` iPQ blocks of size ``block``."""
+    return [name for name, _, blocks in _ipq_layers(model, block) if blocks < _MIN_BLOCKS]
 
 
 def _ipq_plan(model, block: int, exclude=()) -> Tuple[Tuple[str, int], ...]:
-    """(layer, block length) of every layer iPQ quantizes at ``block``: a k x k conv's block is one kernel."""
-    from tfq_ext.quant_noise.ipq import _kernel, _kind
-
-    skipped = set(exclude) | set(_small_layers(model, block))
-    plan = []
-    for layer in model.layers:
-        if _kind(layer) is None or layer.name in skipped:
-            continue
-        shape = [int(s) for s in _kernel(layer).shape]
-        plan.append((layer.name, shape[0] * shape[1] if len(shape) == 4 and shape[0] * shape[1] > 1 else block))
-    return tuple(plan)
+    """(layer, block length) of every layer iPQ quantizes at ``block``."""
+    return tuple((name, length) for name, length, blocks in _ipq_layers(model, block)
+                 if blocks >= _MIN_BLOCKS and name not in exclude)
 
 
 def _ipq_model(ctx: _Context, model, block: int, exclude=()):

@@ -142,7 +142,7 @@ def gcn_graph():
 
 
 @pytest.mark.parametrize("conv, task", [("gcn", "graph"), ("gin", "graph"), ("gcn", "node"), ("gin", "node")])
-def test_integer_file_has_no_float_and_matches_keras(conv, task, gcn_graph):
+def test_integer_file_has_no_float_and_matches_keras(conv, task):
     model, graphs = _trained(conv, task)
     integer, converter_file = _files(conv, task)
     assert graph_ops.remaining_float_ops(integer) == []
