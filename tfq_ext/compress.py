@@ -434,11 +434,10 @@ def _ipq_plan(model, block: int, exclude=()) -> Tuple[Tuple[str, int], ...]:
 
 def _ipq_model(ctx: _Context, model, block: int, exclude=()):
     from tfq_ext.quant_noise import QuantNoiseCentroidRefresh, add_quant_noise, quantize_pq
-    from tfq_ext.quant_noise.ipq import _kind
 
     sizes = {"dense": block, "conv": block, "embedding": block}
     exclude = sorted(set(exclude) | set(_small_layers(model, block)))
-    eligible = [layer.name for layer in model.layers if _kind(layer) is not None and layer.name not in exclude]
+    eligible = [name for name, _ in _ipq_plan(model, block, exclude)]
     if not eligible:
         raise ValueError(f"no layer has {_MIN_BLOCKS} or more blocks of {block} weights for iPQ")
     # At most _MAX_STAGES stages, contiguous in model order (the paper's iPQ goes layer by layer; on a deep
