@@ -233,6 +233,42 @@ def run_bits_decay(task: Task, penalties) -> dict:
     return results
 
 
+def run_frozen_bits(task: Task, penalties, share: float = 0.5) -> dict:
+    """DiffQ then the true grid (``diffqfz_p<p>``): from the same seeded checkpoint as :func:`run_task`, DiffQ for
+    ``share`` of the fine-tune (weights and bits rate on one cosine), then :func:`tfq_ext.diffq.freeze_bits` and
+    the rest of the fine-tune on the true grid at the learned bits (straight-through, a fresh cosine from the task's
+    rate). The whole fine-tune has the QAT arms' number of steps."""
+    from tfq_ext import diffq
+
+    keras.utils.set_random_seed(SEED)
+    log(f"{task.name}: float checkpoint again, {task.epochs} epoch(s), for the DiffQ-then-frozen-bits arms")
+    initial_weights = task.fit(task.build(), task.epochs, finetune=False).get_weights()
+    first, second = task.finetune * share, task.finetune * (1.0 - share)
+    steps = int(math.ceil(len(task.x) * first / task.batch))
+    results = {}
+    for penalty in penalties:
+        keras.utils.set_random_seed(SEED)
+        t0 = time.perf_counter()
+        model = task.build()
+        model.set_weights(initial_weights)
+        model = diffq.apply_diffq(model, penalty=penalty, **DIFFQ)
+        bits_rate = keras.optimizers.schedules.CosineDecay(BITS_LR, steps)
+        task.fit(model, first, optimizer=diffq.DiffQOptimizer(task.optimizer(first), bits_learning_rate=bits_rate))
+        noisy = task.evaluate(model)
+        diffq.freeze_bits(model)
+        task.fit(model, second)
+        per_layer = {name: float(np.mean(b)) for name, b in diffq.learned_bits(model).items()}
+        key = f"diffqfz_p{penalty:g}"
+        results[key] = _entry(task, model, time.perf_counter() - t0, penalty=penalty, diffq_share=share,
+                              **{f"{task.metric_name}_before_freeze": noisy},
+                              mean_bits=diffq.mean_bits(model), layer_bits=per_layer,
+                              estimated_bytes=round(diffq.estimated_size(model), 1))
+        log(f"  DiffQ {first:g} epoch(s) then frozen bits {second:g}, penalty {penalty:g}: {task.metric_name} "
+            f"{noisy:.4f} -> {results[key][task.metric_name]:.4f}, mean bits {results[key]['mean_bits']:.2f}, "
+            f"{results[key]['bytes']} B")
+    return results
+
+
 def run_from_scratch(task: Task, penalties) -> dict:
     """DiffQ trained from the seeded initial weights for the float arm's whole budget (``diffqfs_p<p>``:
     ``epochs + finetune`` epochs), weights and bits rate on one cosine over all steps: the paper's setting, where
@@ -281,7 +317,8 @@ def compare_with_qat(results: dict, metric: str, higher_is_better: bool) -> dict
     qat = sorted((r["bytes"], r[metric]) for a, r in results.items() if a.startswith("qat_"))
     rows = {}
     for arm, row in results.items():
-        if not arm.startswith(("diffq_", "diffqbd_", "diffqfs_")) or not qat[0][0] <= row["bytes"] <= qat[-1][0]:
+        if (not arm.startswith(("diffq_", "diffqbd_", "diffqfs_", "diffqfz_"))
+                or not qat[0][0] <= row["bytes"] <= qat[-1][0]):
             continue
         upper = next(i for i, (size, _) in enumerate(qat) if size >= row["bytes"])
         (s0, m0), (s1, m1) = qat[max(upper - 1, 0)], qat[upper]
@@ -361,6 +398,12 @@ def bits_decay(out_dir, penalties=(2.0, 4.0), command: str = "") -> dict:
     """Adds the decayed-bits-rate DiffQ arms to the transformer task in ``diffq.json`` (``python -c "import
     benchmarks.diffq as b; b.bits_decay('benchmarks/results')"``)."""
     return _add_transformer_arms(out_dir, run_bits_decay, penalties, "bits_decay", command)
+
+
+def frozen_bits(out_dir, penalties=(4.0, 8.0), command: str = "") -> dict:
+    """Adds the DiffQ-then-frozen-bits arms to the transformer task in ``diffq.json`` (``python -c "import
+    benchmarks.diffq as b; b.frozen_bits('benchmarks/results')"``)."""
+    return _add_transformer_arms(out_dir, run_frozen_bits, penalties, "frozen_bits", command)
 
 
 def from_scratch(out_dir, penalties=(2.0, 4.0), command: str = "") -> dict:
@@ -464,6 +507,10 @@ def _table(report) -> str:
         if f"{name}_bits_decay" in report.get("commands", {}):
             lines.append(f"diffqbd_* arms: {task.get('bits_decay_seconds', 0):.0f} s. Command: "
                          f"`{report['commands'][name + '_bits_decay']}`")
+        if f"{name}_frozen_bits" in report.get("commands", {}):
+            lines.append(f"diffqfz_* arms (DiffQ for half the fine-tune, then frozen bits on the true grid): "
+                         f"{task.get('frozen_bits_seconds', 0):.0f} s. Command: "
+                         f"`{report['commands'][name + '_frozen_bits']}`")
         if f"{name}_from_scratch" in report.get("commands", {}):
             lines.append(f"diffqfs_* arms (DiffQ from scratch, the float arm's whole budget): "
                          f"{task.get('from_scratch_seconds', 0):.0f} s. Command: "
@@ -484,7 +531,8 @@ def _plot(name: str, metric: str, results: dict, path) -> None:
     styles = {"ptq": ("tab:gray", "v", "PTQ (uniform)"), "qat": ("tab:blue", "o", "QAT (uniform, STE)"),
               "diffq": ("tab:red", "s", "DiffQ"),
               "diffqbd": ("tab:purple", "D", "DiffQ, bits rate decayed with the weights'"),
-              "diffqfs": ("tab:brown", "^", "DiffQ from scratch (whole budget)")}
+              "diffqfs": ("tab:brown", "^", "DiffQ from scratch (whole budget)"),
+              "diffqfz": ("tab:green", "P", "DiffQ, then frozen bits on the true grid")}
     # The axis follows float, QAT and DiffQ; PTQ points far outside are listed instead of flattening the plot.
     core = [scale * r[metric] for a, r in results.items() if not a.startswith("ptq_")]
     pad = 0.15 * (max(core) - min(core)) + (0.2 if metric == "accuracy" else 0.01)

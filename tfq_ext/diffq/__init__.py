@@ -9,8 +9,8 @@ References: Defossez, Adi, Synnaeve 2021, arXiv 2104.09987.
 """
 
 from tfq_ext.diffq.apply import (TARGET_MODES, apply_diffq, apply_uniform, diffq_layers, estimated_size,
-                                 export_tflite, learned_bits, mean_bits, set_penalty, size_report, to_dense_model,
-                                 true_size)
+                                 export_tflite, freeze_bits, learned_bits, mean_bits, set_penalty, size_report,
+                                 to_dense_model, true_size)
 from tfq_ext.diffq.callbacks import DiffQLogger
 from tfq_ext.diffq.export import PackedModel, PackedTensor, export_packed
 from tfq_ext.diffq.optimizer import DiffQOptimizer, is_bits_logits
@@ -19,5 +19,5 @@ from tfq_ext.diffq.wrappers import KERNEL_ATTRS, DiffQWrapper, UniformQuantWrapp
 
 __all__ = ["DiffQLogger", "DiffQOptimizer", "DiffQWrapper", "KERNEL_ATTRS", "PackedModel", "PackedTensor",
            "TARGET_MODES", "UniformQuantWrapper", "apply_diffq", "apply_uniform", "diffq_layers", "estimated_size",
-           "export_packed", "export_tflite", "is_bits_logits", "learned_bits", "mean_bits", "plot_bits",
-           "set_penalty", "size_report", "to_dense_model", "true_size"]
+           "export_packed", "export_tflite", "freeze_bits", "is_bits_logits", "learned_bits", "mean_bits",
+           "plot_bits", "set_penalty", "size_report", "to_dense_model", "true_size"]

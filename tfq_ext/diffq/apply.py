@@ -20,7 +20,7 @@ from tfq_ext.ops import diffq as ops
 from tfq_ext.ops.size import SizeReport
 from tfq_ext.size import model_size
 
-__all__ = ["apply_diffq", "apply_uniform", "set_penalty", "true_size", "size_report", "estimated_size",
+__all__ = ["apply_diffq", "apply_uniform", "set_penalty", "freeze_bits", "true_size", "size_report", "estimated_size",
            "mean_bits", "learned_bits", "to_dense_model", "export_tflite", "diffq_layers", "TARGET_MODES"]
 
 TARGET_MODES = ("kernels", "all")
@@ -165,6 +165,25 @@ def set_penalty(model: keras.Model, penalty: float) -> None:
     for wrapper in _diffq_only(model):
         wrapper.penalty = float(penalty)
         wrapper.penalty_weight.assign(float(penalty))
+
+
+def freeze_bits(model: keras.Model, frozen: bool = True) -> Dict[str, np.ndarray]:
+    """Fixes every DiffQ layer's bits at their rounded values and trains the weights on that true grid.
+
+    The second phase of a DiffQ fine-tune: DiffQ's noise learns how many bits each group needs, but the noise is
+    not the rounding the model meets at inference. After ``freeze_bits(qmodel)``, training runs the true
+    quantization forward with a straight-through gradient to the weights (quantization-aware training at the
+    learned, mixed widths); the bits logits get no gradient, so the size (:func:`true_size`) no longer changes.
+    Call ``compile`` again after it (the training step is traced anew). ``frozen=False`` returns to the noise.
+
+    Returns the frozen bits, as :func:`learned_bits`.
+    """
+    if not isinstance(frozen, bool):
+        raise TypeError(f"`frozen` must be True or False. Received: frozen={frozen!r}")
+    for wrapper in _diffq_only(model):
+        wrapper.frozen = frozen
+    model.train_function = None  # the flag is read when the training step is traced
+    return learned_bits(model)
 
 
 def size_report(model: keras.Model) -> SizeReport:

@@ -210,16 +210,21 @@ class DiffQWrapper(_QuantWrapper):
         grid: levels of true quantization: "range" (min + k * Delta, the reference's; 0 is in general not a
             level) or "zero" (shifted so that 0 is a level, same storage; see the benchmark for its effect).
         penalty: weight of the size term, per megabyte; change it later with :func:`tfq_ext.diffq.set_penalty`.
+        frozen: bits fixed at their rounded values, training on the true grid (see
+            :func:`tfq_ext.diffq.freeze_bits`, which sets it on a trained model).
 
     Forward (training): w + (max(w) - min(w)) / (2^b - 1) * xi; (inference): true quantization with round(b).
     Backward: exact gradient of the noisy forward to w and to the logits; plus penalty * size gradient.
+    Frozen: training forward = the inference weights, backward straight-through to w; the logits are
+    non-trainable weights then (no gradient from the task loss or the penalty, no optimizer update), so the
+    rounded bits and the size stay fixed.
 
     References: Defossez, Adi, Synnaeve 2021, arXiv 2104.09987.
     """
 
     def __init__(self, layer, targets=None, group_size: int = 8, min_bits: float = 2, max_bits: float = 15,
                  init_bits: float = 8, noise: str = "gaussian", grid: str = "range", penalty: float = 0.0,
-                 **kwargs):
+                 frozen: bool = False, **kwargs):
         _check_int("group_size", group_size, 1)
         ops.check_bits_config(min_bits, max_bits, init_bits)
         if noise not in ops.NOISE_FORMS:
@@ -228,12 +233,15 @@ class DiffQWrapper(_QuantWrapper):
             raise ValueError(f"`grid` must be one of {ops.GRIDS}. Received: grid={grid!r}")
         if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or penalty < 0:
             raise ValueError(f"`penalty` must be a number >= 0. Received: penalty={penalty!r}")
+        if not isinstance(frozen, bool):
+            raise TypeError(f"`frozen` must be True or False. Received: frozen={frozen!r}")
         super().__init__(layer, targets, **kwargs)
         self.group_size = int(group_size)
         self.min_bits, self.max_bits, self.init_bits = min_bits, max_bits, init_bits
         self.noise = noise
         self.grid = grid
         self.penalty = float(penalty)
+        self.frozen = frozen
         # Plain dict set past Keras' tracking: the variables are already the layer's own weights (add_weight).
         object.__setattr__(self, "_logits", {})
 
@@ -255,6 +263,26 @@ class DiffQWrapper(_QuantWrapper):
         # A callable loss (like kernel regularizers) counts a shared layer once, however often it is called.
         self.add_loss(self._size_penalty)
 
+    # Frozen bits logits are non-trainable weights (no gradient is computed for them, no optimizer touches them);
+    # ``weights`` keeps its order, so get_weights / set_weights and saved files do not depend on the flag.
+    def _frozen_logits(self):
+        return [v for v in getattr(self, "_logits", {}).values()] if getattr(self, "frozen", False) else []
+
+    @property
+    def trainable_weights(self):
+        frozen = self._frozen_logits()
+        return [w for w in super().trainable_weights if not any(w is f for f in frozen)]
+
+    @property
+    def non_trainable_weights(self):
+        weights = super().non_trainable_weights
+        extra = [f for f in self._frozen_logits() if not any(f is w for w in weights)]
+        return extra + weights
+
+    @property
+    def weights(self):
+        return keras.layers.Layer.trainable_weights.fget(self) + keras.layers.Layer.non_trainable_weights.fget(self)
+
     def bits(self, path: Optional[str] = None) -> tf.Tensor:
         """Real-valued bits of one target (the first if ``path`` is None), shape (n_groups,)."""
         logits = self._logits[path if path is not None else self.targets[0]]
@@ -265,6 +293,8 @@ class DiffQWrapper(_QuantWrapper):
         return {p: ops.round_bits(self.bits(p)).numpy().astype(np.int32) for p in self.targets}
 
     def _training_weight(self, path, w):
+        if self.frozen:
+            return ops.quantize_dequantize_ste(w, tf.stop_gradient(self.bits(path)), self.group_size, self.grid)
         return ops.pseudo_quant_noise(w, self.bits(path), self.group_size, self.noise)
 
     def _inference_weight(self, path, w):
@@ -275,7 +305,10 @@ class DiffQWrapper(_QuantWrapper):
         return tf.add_n([ops.size_bits(self.bits(p), self.group_size) for p in self.targets]) / 8.0
 
     def _size_penalty(self):
-        return self.penalty_weight * self.estimated_bytes() / _MB
+        size = self.estimated_bytes()
+        if self.frozen:  # the bits no longer move: the term is a constant that carries no gradient
+            size = tf.stop_gradient(size)
+        return self.penalty_weight * size / _MB
 
     def _target_size(self, path, variable):
         bits = ops.round_bits(self.bits(path)).numpy().astype(np.int64)
@@ -287,7 +320,7 @@ class DiffQWrapper(_QuantWrapper):
     def get_config(self):
         return {**super().get_config(), "group_size": self.group_size, "min_bits": self.min_bits,
                 "max_bits": self.max_bits, "init_bits": self.init_bits, "noise": self.noise,
-                "grid": self.grid, "penalty": self.penalty}
+                "grid": self.grid, "penalty": self.penalty, "frozen": self.frozen}
 
 
 @keras.utils.register_keras_serializable(package="tfq_ext")

@@ -180,6 +180,12 @@ def quantize_dequantize(w: tf.Tensor, bits: tf.Tensor, group_size: int, grid: st
     return dequantize(codes, w_min, w_max, int_bits, tf.shape(w), grid)
 
 
+def quantize_dequantize_ste(w: tf.Tensor, bits: tf.Tensor, group_size: int, grid: str = "range") -> tf.Tensor:
+    """Training on the true grid: forward = :func:`quantize_dequantize`, backward = identity in ``w``
+    (straight-through; no code saturates, the grid spans the tensor's range). ``bits`` gets no gradient."""
+    return w + tf.stop_gradient(quantize_dequantize(w, tf.stop_gradient(bits), group_size, grid) - w)
+
+
 def bits_field_width(int_bits) -> int:
     """Bits per group of the stored bits field: ceil(log2(max - min + 1)) over the tensor's rounded bits.
 
