@@ -17,6 +17,8 @@ budget. The paper trained with SGD-momentum and Adam; both are arms here:
                   (``AdaComp(quantize=False)``; the value's 32 bits are counted)
   ..._LT100       AdaComp with bins of 100 / 10 (each element is sent about 5x more often)
   ..._3x          dense and AdaComp SGD-momentum trained 3x as many steps
+  adacomp_momentum AdaComp(precondition="momentum") with plain SGD at the SGD-momentum rate: each learner's
+                  velocity goes into the residual and is reset where sent (compared with dense SGD-momentum)
 The embedding gradient arrives as ``tf.IndexedSlices``; the compressor densifies it (its residual is dense).
 Reported per arm: test bits per character at the end of every interval (the gap to the dense arm of the same
 optimizer over training), compression per layer kind per interval (index bits counted,
@@ -49,8 +51,11 @@ CLIPNORM = 1.0
 OPTIMIZERS = {"sgdm": ("SGD", 2.0, {"momentum": 0.9}), "adam": ("Adam", 1e-2, {}),
               # AdaComp(precondition="rms"): Adam's update with the compression between v and the momentum,
               # so SGD-momentum at Adam's rate x (1 - 0.9), and no clipping (the update is unit-scale).
-              "rms": ("SGD", 1e-3, {"momentum": 0.9})}
-CLIPPED = {"sgdm", "adam"}
+              "rms": ("SGD", 1e-3, {"momentum": 0.9}),
+              # AdaComp(precondition="momentum"): the momentum on each learner, before the residual, so plain
+              # SGD at the SGD-momentum arm's rate.
+              "sgd": ("SGD", 2.0, {})}
+CLIPPED = {"sgdm", "adam", "sgd"}
 
 
 def build_lstm(keras, vocab: int):
@@ -77,7 +82,9 @@ def _arms(quick: bool) -> list:
             ("adacomp_sgdm_exact", "sgdm", {**adacomp, "quantize": False}, 1, "dense_sgdm"),
             # Staleness ablations: a shorter bin (sends ~5x more often) and a 3x longer run.
             ("adacomp_sgdm_LT100", "sgdm", {"bin_sizes": {"fc": 100, "other": 10}}, 1, "dense_sgdm"),
-            ("dense_sgdm_3x", "sgdm", None, 3, None), ("adacomp_sgdm_3x", "sgdm", adacomp, 3, "dense_sgdm_3x")]
+            ("dense_sgdm_3x", "sgdm", None, 3, None), ("adacomp_sgdm_3x", "sgdm", adacomp, 3, "dense_sgdm_3x"),
+            # Momentum correction with factor masking: the velocity on each learner, before the residual.
+            ("adacomp_momentum", "sgd", {**adacomp, "precondition": "momentum"}, 1, "dense_sgdm")]
     return arms[:2] if quick else arms
 
 

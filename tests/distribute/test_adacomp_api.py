@@ -53,10 +53,12 @@ def test_with_adacomp_argument_errors():
     ({"bin_sizes": {"fc": -1}}, ValueError, r"bin_sizes\['fc'\].*Received: bin_sizes\['fc'\]=-1"),
     ({"residual": "yes"}, TypeError, r"`residual` must be a bool. Received: residual='yes'"),
     ({"quantize": 0}, TypeError, r"`quantize` must be a bool. Received: quantize=0"),
-    ({"precondition": "adam"}, ValueError, r"`precondition` must be one of \(None, 'rms'\). Received: precondition='adam'"),
+    ({"precondition": "adam"}, ValueError,
+     r"`precondition` must be one of \(None, 'rms', 'momentum'\). Received: precondition='adam'"),
+    ({"precondition": "momentum", "momentum": 1.0}, ValueError, r"`momentum` must be a number in \[0, 1\). Received: momentum=1.0"),
     ({"precondition": "rms", "beta_2": 1.0}, ValueError, r"`beta_2` must be a number in \(0, 1\). Received: beta_2=1.0"),
     ({"precondition": "rms", "epsilon": 0}, ValueError, r"`epsilon` must be a positive number. Received: epsilon=0"),
-], ids=["zero", "float", "unknown_kind", "negative_fc", "residual_str", "quantize_int", "precondition_name", "beta_2", "epsilon"])
+], ids=["zero", "float", "unknown_kind", "negative_fc", "residual_str", "quantize_int", "precondition_name", "momentum", "beta_2", "epsilon"])
 def test_adacomp_argument_errors(kwargs, error, match):
     with pytest.raises(error, match=match):
         AdaComp(**kwargs)
@@ -184,6 +186,50 @@ def test_rms_precondition_matches_a_numpy_reference_and_checkpoints(tmp_path):
     np.testing.assert_allclose(fresh._moments["w"].variable.numpy(), v, rtol=1e-5)
     assert float(fresh._moment_steps.variable.numpy()[0]) == 2.0
     np.testing.assert_allclose(fresh.residual_values()["w"][0], residual, rtol=1e-5, atol=1e-6)
+
+
+def test_momentum_precondition_matches_a_numpy_reference_and_checkpoints(tmp_path):
+    """Three exchanges on one learner: the residual accumulates the learner's velocity, and a sent element's
+    velocity restarts from 0 (momentum correction with factor masking)."""
+    momentum, bins = 0.9, 4
+    var = tf.Variable(tf.zeros([8]), name="w")
+    compressor = AdaComp(bins, precondition="momentum", momentum=momentum)
+    rng = np.random.default_rng(1)
+    grads = [rng.normal(size=8).astype(np.float32) for _ in range(3)]
+    u = np.zeros(8)
+    residual = np.zeros(8)
+    masked = 0
+    for g in grads:
+        out = compressor.exchange([(tf.constant(g), var)])[0][0].numpy()
+        u = momentum * u + g
+        accumulated = residual + u
+        mask = np.zeros(8, bool)
+        for b in range(0, 8, bins):
+            top = np.abs(accumulated[b:b + bins]).max()
+            mask[b:b + bins] = (np.abs(accumulated[b:b + bins] + u[b:b + bins]) >= top) & (accumulated[b:b + bins] != 0)
+        sent = np.zeros(8)
+        sent[mask] = np.sign(accumulated[mask]) * np.abs(accumulated[mask]).mean()
+        residual = accumulated - sent
+        u = np.where(mask, 0.0, u)
+        masked += int(mask.sum())
+        np.testing.assert_allclose(out, sent, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(compressor._velocities["w"].variable.numpy(), u, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(compressor.residual_values()["w"][0], residual, rtol=1e-5, atol=1e-6)
+    assert 0 < masked < 24  # some velocities were reset and some carried over
+    path = tf.train.Checkpoint(compressor=compressor).write(str(tmp_path / "ckpt"))
+    fresh = AdaComp(bins, precondition="momentum", momentum=momentum)
+    tf.train.Checkpoint(compressor=fresh).read(path).expect_partial()
+    fresh.build([var])
+    np.testing.assert_allclose(fresh._velocities["w"].variable.numpy(), u, rtol=1e-5, atol=1e-6)
+    assert fresh.get_config()["momentum"] == momentum
+
+
+def test_momentum_precondition_needs_sgd_without_momentum():
+    with pytest.raises(ValueError, match=r"SGD without momentum .* Received: optimizer=SGD with momentum=0.9"):
+        with_adacomp(keras.optimizers.SGD(1e-3, momentum=0.9), precondition="momentum")
+    with pytest.raises(ValueError, match=r"SGD without momentum .* Received: optimizer=Adam"):
+        with_adacomp(keras.optimizers.Adam(1e-3), precondition="momentum")
+    assert isinstance(with_adacomp(keras.optimizers.SGD(1e-3), precondition="momentum"), keras.optimizers.SGD)
 
 
 @pytest.mark.parametrize("clip,reference", [

@@ -20,8 +20,9 @@ __all__ = ["DEFAULT_BIN_SIZES", "PRECONDITIONERS", "AdaComp", "TopK", "check_str
 #: The paper's bin lengths: about 50 for conv kernels and 500 for fully-connected / recurrent matrices.
 #: Biases and normalization parameters are tiny; they use the conv length.
 DEFAULT_BIN_SIZES = {"conv": 50, "fc": 500, "other": 50}
-#: ``AdaComp(precondition=...)``: None (the paper's rule) or "rms" (per-learner Adam second-moment scaling).
-PRECONDITIONERS = (None, "rms")
+#: ``AdaComp(precondition=...)``: None (the paper's rule), "rms" (per-learner Adam second-moment scaling) or
+#: "momentum" (per-learner momentum before the residual, with momentum factor masking).
+PRECONDITIONERS = (None, "rms", "momentum")
 
 # get_strategy() outside any scope returns the process-wide default strategy object (one replica).
 _DEFAULT_STRATEGY = None if tf.distribute.has_strategy() else tf.distribute.get_strategy()
@@ -96,7 +97,7 @@ class AdaComp(tf.Module):
             dropped.
         quantize: send ``sign x one scale per layer`` (AdaComp). ``False`` is the exact-values ablation: the same
             elements are sent with their own float32 value (32 more bits each on the wire, counted).
-        precondition: None (the paper), or ``"rms"``: each learner divides its own dense gradient by the root of
+        precondition: None (the paper), ``"rms"`` or ``"momentum"``. ``"rms"``: each learner divides its own dense gradient by the root of
             its running second moment (Adam's ``v``: ``v = beta_2 v + (1 - beta_2) dW^2``, bias-corrected) before
             the residual, and the exchange returns the mean of the learners' preconditioned updates. Pair it with
             ``SGD(momentum=0.9)`` at about Adam's rate x (1 - momentum): that is Adam's update with the compression
@@ -106,7 +107,14 @@ class AdaComp(tf.Module):
             than under dense Adam. Measured on the Shakespeare LSTM (``benchmarks/adacomp_lm.py``): no better than
             AdaComp under plain Adam (+0.247 vs +0.227 bpc from dense Adam), so that is not where AdaComp loses
             there; kept as an option and an ablation. Costs one more float per weight per learner.
+            ``"momentum"``: each learner keeps its own velocity ``u = momentum * u + dW`` and the residual
+            accumulates ``u`` instead of ``dW``; where an element is sent, its velocity is reset to 0 (momentum
+            correction and momentum factor masking, Lin et al. 2018, arXiv 1712.01887). Pair it with plain
+            ``SGD`` (no momentum) at the dense SGD-momentum rate: the momentum then acts on each learner's
+            dense gradient, not on the sparse sum, where a late send of an old residual would keep pushing for
+            ~1 / (1 - momentum) steps after it arrived. Costs one more float per weight per learner.
         beta_2, epsilon: the second-moment decay and the denominator's epsilon for ``precondition="rms"``.
+        momentum: the velocity's decay for ``precondition="momentum"``, in [0, 1).
         name: module name.
 
     References:
@@ -114,7 +122,7 @@ class AdaComp(tf.Module):
     """
 
     def __init__(self, bin_sizes=None, *, residual: bool = True, quantize: bool = True, precondition=None,
-                 beta_2: float = 0.999, epsilon: float = 1e-7, name: str = "adacomp"):
+                 beta_2: float = 0.999, epsilon: float = 1e-7, momentum: float = 0.9, name: str = "adacomp"):
         super().__init__(name=name)
         if not isinstance(residual, bool):
             raise TypeError(f"`residual` must be a bool. Received: residual={residual!r}")
@@ -126,19 +134,22 @@ class AdaComp(tf.Module):
             raise ValueError(f"`beta_2` must be a number in (0, 1). Received: beta_2={beta_2!r}")
         if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not epsilon > 0.0:
             raise ValueError(f"`epsilon` must be a positive number. Received: epsilon={epsilon!r}")
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
+            raise ValueError(f"`momentum` must be a number in [0, 1). Received: momentum={momentum!r}")
         self.bin_sizes = _normalize_bin_sizes(bin_sizes)
         self.residual = residual
         self.quantize = quantize
         self.precondition = precondition
-        self.beta_2, self.epsilon = float(beta_2), float(epsilon)
+        self.beta_2, self.epsilon, self.momentum = float(beta_2), float(epsilon), float(momentum)
         self._slots = {}
         self._moments = {}
+        self._velocities = {}
         self._state = None  # variables that are not checkpointed live in a plain (untracked) holder
 
     def get_config(self) -> dict:
         return {"bin_sizes": dict(self.bin_sizes), "residual": self.residual, "quantize": self.quantize,
                 "precondition": self.precondition,
-                "beta_2": self.beta_2, "epsilon": self.epsilon, "name": self.name}
+                "beta_2": self.beta_2, "epsilon": self.epsilon, "momentum": self.momentum, "name": self.name}
 
     # -- hooks --------------------------------------------------------------------------------------------
     def select(self, accumulated: tf.Tensor, grad: tf.Tensor, kind: str) -> tf.Tensor:
@@ -170,14 +181,21 @@ class AdaComp(tf.Module):
                                        synchronization=tf.VariableSynchronization.ON_READ,
                                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
                 self._slots[key] = _Residual(slot)
-            if self.precondition:
+            if self.precondition == "momentum":
+                with tf.init_scope():
+                    velocity = tf.Variable(tf.zeros([n], var.dtype), trainable=False,
+                                           name=f"adacomp_velocity/{key}",
+                                           synchronization=tf.VariableSynchronization.ON_READ,
+                                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+                self._velocities[key] = _Residual(velocity, statistic=True)
+            if self.precondition == "rms":
                 with tf.init_scope():
                     moment = tf.Variable(tf.zeros([n], var.dtype), trainable=False,
                                          name=f"adacomp_second_moment/{key}",
                                          synchronization=tf.VariableSynchronization.ON_READ,
                                          aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
                 self._moments[key] = _Residual(moment, statistic=True)
-        if self.precondition:
+        if self.precondition == "rms":
             with tf.init_scope():
                 steps = tf.Variable(tf.zeros([1], tf.float32), trainable=False, name="adacomp_moment_steps",
                                     synchronization=tf.VariableSynchronization.ON_READ,
@@ -221,7 +239,7 @@ class AdaComp(tf.Module):
                             [v for _, v in live]))
         layers, packed, counts, scales = [], [], [], []
         correction = None
-        if self.precondition:
+        if self.precondition == "rms":
             steps = self._moment_steps.variable
             t = steps.read_value() + 1.0
             steps.assign(t)
@@ -234,6 +252,9 @@ class AdaComp(tf.Module):
                 v = self.beta_2 * moment.read_value() + (1.0 - self.beta_2) * tf.square(flat)
                 moment.assign(v)
                 flat = flat / (tf.sqrt(v / tf.cast(correction, v.dtype)) + self.epsilon)
+            velocity = self._velocities.get(key)
+            if velocity is not None:
+                flat = self.momentum * velocity.variable.read_value() + flat
             slot = self._slots.get(key)
             previous = slot.variable.read_value() if slot is not None else tf.zeros_like(flat)
             accumulated = previous + flat
@@ -246,6 +267,8 @@ class AdaComp(tf.Module):
                 scale = tf.cast(tf.abs(tf.boolean_mask(accumulated, mask)), tf.float32)  # one per sent entry
             if slot is not None:
                 slot.variable.assign(accumulated - sent)
+            if velocity is not None:  # momentum factor masking: a sent element starts its velocity again
+                velocity.variable.assign(tf.where(mask, tf.zeros_like(flat), flat))
             layers.append((n, kind, var, grad))
             packed.append(ops.encode_sparse(accumulated, mask))
             counts.append(tf.reduce_sum(tf.cast(mask, tf.int32)))
@@ -253,7 +276,7 @@ class AdaComp(tf.Module):
         if not layers:
             return grads_and_vars
         summed = self._all_gather_sum(ctx, layers, packed, counts, scales)
-        if self.precondition:
+        if self.precondition == "rms":
             # The learners' preconditioned updates are each of unit scale: their mean is the update direction.
             summed = [s / float(ctx.num_replicas_in_sync) for s in summed]
         by_var = {id(var): s for (_, _, var, _), s in zip(layers, summed)}

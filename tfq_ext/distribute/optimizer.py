@@ -96,7 +96,14 @@ def with_adacomp(optimizer, compressor: AdaComp | None = None, *, learner_clippi
     elif not isinstance(compressor, AdaComp):
         raise TypeError(f"`compressor` must be an AdaComp instance. Received: compressor={compressor!r} "
                         f"(type {type(compressor).__name__})")
-    if compressor.precondition and not isinstance(optimizer, keras.optimizers.SGD):
+    if compressor.precondition == "momentum" and (not isinstance(optimizer, keras.optimizers.SGD)
+                                                  or optimizer.momentum):
+        raise ValueError("AdaComp(precondition='momentum') applies the momentum on each learner before the "
+                         "residual; the optimizer must be SGD without momentum (the momentum would act twice). "
+                         f"Received: optimizer={type(optimizer).__name__}"
+                         + (f" with momentum={optimizer.momentum}" if isinstance(optimizer, keras.optimizers.SGD)
+                            else ""))
+    if compressor.precondition == "rms" and not isinstance(optimizer, keras.optimizers.SGD):
         raise ValueError("AdaComp(precondition='rms') already applies Adam's second-moment scaling on each learner; "
                          "the optimizer must be SGD (momentum 0.9 gives Adam's update), not an adaptive one. "
                          f"Received: optimizer={type(optimizer).__name__}")
