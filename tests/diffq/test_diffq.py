@@ -231,6 +231,39 @@ def test_bits_learning_rate_schedule_stops_the_bits_and_round_trips(digits):
     assert opt.get_config() == model.optimizer.get_config()
 
 
+def test_freeze_bits_trains_the_weights_on_the_true_grid_and_keeps_bits_and_size(digits, tmp_path):
+    model, _ = _train(digits, 50.0, 3e-2, 1)
+    logits = {n: model.get_layer(n)._logits["kernel"].numpy().copy() for n in ("conv", "fc", "out")}
+    order = [w.name for w in model.weights]
+    size, bits = diffq.true_size(model), diffq.learned_bits(model)
+    frozen = diffq.freeze_bits(model)
+    assert all(np.array_equal(frozen[k], bits[k]) for k in bits)
+    assert [w.name for w in model.weights] == order  # get_weights / saved files keep their layout
+    assert not any(diffq.is_bits_logits(v) for v in model.trainable_weights)
+    assert sum(diffq.is_bits_logits(v) for v in model.non_trainable_weights) == 3
+    x = digits.x_test[:64]
+    # Training forward is the true quantization (no noise): it equals inference.
+    np.testing.assert_allclose(model(x, training=True).numpy(), model(x, training=False).numpy(), atol=1e-5)
+    kernel = model.get_layer("fc").layer.kernel.numpy().copy()
+    before = model.evaluate(digits.x_test, digits.y_test, verbose=0)[0]
+    # An AdamW with weight decay and a DiffQOptimizer's bits Adam: neither may touch frozen logits.
+    model.compile(DiffQOptimizer(keras.optimizers.AdamW(1e-3, weight_decay=0.5), bits_learning_rate=0.5), LOSS,
+                  metrics=["accuracy"])
+    model.fit(digits.x_train, digits.y_train, batch_size=64, epochs=2, verbose=0)
+    for name, value in logits.items():
+        np.testing.assert_array_equal(model.get_layer(name)._logits["kernel"].numpy(), value)
+    assert diffq.true_size(model) == size
+    assert np.abs(model.get_layer("fc").layer.kernel.numpy() - kernel).max() > 1e-3  # straight-through reaches w
+    assert model.evaluate(digits.x_test, digits.y_test, verbose=0)[0] < before
+    model.save(tmp_path / "frozen.keras")
+    again = keras.models.load_model(tmp_path / "frozen.keras")
+    assert all(w.frozen for w in diffq.diffq_layers(again))
+    np.testing.assert_array_equal(again.predict(x, verbose=0), model.predict(x, verbose=0))
+    diffq.freeze_bits(model, False)  # back to the noise: the logits train again
+    assert sum(diffq.is_bits_logits(v) for v in model.trainable_weights) == 3
+    assert np.abs(model(x, training=True).numpy() - model(x, training=False).numpy()).max() > 1e-3
+
+
 # --- size, export, save/load ----------------------------------------------------------------------------------
 
 def test_size_estimate_vs_true_size_and_packed_export(digits, tmp_path):
@@ -375,6 +408,9 @@ def test_callback_warns_without_diffq_optimizer_and_plot(digits, tmp_path):
     (lambda: DiffQOptimizer("adam", bits_learning_rate=0), ValueError, "bits_learning_rate"),
     (lambda: diffq.set_penalty(_diffq_cnn(), -1.0), ValueError, "penalty"),
     (lambda: diffq.set_penalty(_cnn(), 1.0), ValueError, "no DiffQ layer"),
+    (lambda: diffq.freeze_bits(_cnn()), ValueError, "no DiffQ layer"),
+    (lambda: diffq.freeze_bits(_diffq_cnn(), frozen="yes"), TypeError, r"`frozen` must be True or False. Received: frozen='yes'"),
+    (lambda: DiffQWrapper(L.Dense(3), frozen=1), TypeError, r"`frozen` must be True or False. Received: frozen=1"),
     (lambda: diffq.export_tflite(_diffq_cnn(init_bits=10), np.zeros((4, 8, 8, 1), "float32")), ValueError, "<= 8 bits"),
     (lambda: diffq.export_packed(apply_uniform(_cnn(), 4, min_size=0)), ValueError, "no DiffQ layer"),
     (lambda: PackedModel.from_bytes(b"not a diffq file"), ValueError, "not a packed DiffQ model"),
@@ -385,7 +421,7 @@ def test_callback_warns_without_diffq_optimizer_and_plot(digits, tmp_path):
         "nothing-to-do",
         "already-wrapped", "not-a-model", "targets-type", "target-missing", "no-kernel", "target-not-trainable",
         "layer-type", "short-packed-data", "uniform-bits",
-        "legacy-optimizer", "bits-lr", "set-penalty", "set-penalty-float-model", "tflite-wide-bits",
+        "legacy-optimizer", "bits-lr", "set-penalty", "set-penalty-float-model", "freeze-float-model", "freeze-flag", "frozen-arg", "tflite-wide-bits",
         "pack-uniform", "bad-file", "logger-verbose", "plot-empty"])
 def test_errors(make, error, match):
     with pytest.raises(error, match=match):
