@@ -18,7 +18,8 @@ budget. The paper trained with SGD-momentum and Adam; both are arms here:
   ..._LT100       AdaComp with bins of 100 / 10 (each element is sent about 5x more often)
   ..._3x          dense and AdaComp SGD-momentum trained 3x as many steps
   adacomp_momentum AdaComp(precondition="momentum") with plain SGD at the SGD-momentum rate: each learner's
-                  velocity goes into the residual and is reset where sent (compared with dense SGD-momentum)
+                  velocity goes into the residual and is reset where sent (compared with dense SGD-momentum);
+                  ..._LT1000 with bins of 1000 / 100
 The embedding gradient arrives as ``tf.IndexedSlices``; the compressor densifies it (its residual is dense).
 Reported per arm: test bits per character at the end of every interval (the gap to the dense arm of the same
 optimizer over training), compression per layer kind per interval (index bits counted,
@@ -84,7 +85,9 @@ def _arms(quick: bool) -> list:
             ("adacomp_sgdm_LT100", "sgdm", {"bin_sizes": {"fc": 100, "other": 10}}, 1, "dense_sgdm"),
             ("dense_sgdm_3x", "sgdm", None, 3, None), ("adacomp_sgdm_3x", "sgdm", adacomp, 3, "dense_sgdm_3x"),
             # Momentum correction with factor masking: the velocity on each learner, before the residual.
-            ("adacomp_momentum", "sgd", {**adacomp, "precondition": "momentum"}, 1, "dense_sgdm")]
+            ("adacomp_momentum", "sgd", {**adacomp, "precondition": "momentum"}, 1, "dense_sgdm"),
+            ("adacomp_momentum_LT1000", "sgd", {"bin_sizes": {"fc": 1000, "other": 100}, "precondition": "momentum"},
+             1, "dense_sgdm")]
     return arms[:2] if quick else arms
 
 
