@@ -233,6 +233,43 @@ def run_bits_decay(task: Task, penalties) -> dict:
     return results
 
 
+def _frozen_bits_arm(task: Task, initial_weights, penalty: float, share: float, seed: int = SEED):
+    """One DiffQ-then-frozen-bits fine-tune from ``initial_weights``: (trained model, metric before freezing)."""
+    from tfq_ext import diffq
+
+    keras.utils.set_random_seed(seed)
+    first, second = task.finetune * share, task.finetune * (1.0 - share)
+    steps = int(math.ceil(len(task.x) * first / task.batch))
+    model = task.build()
+    model.set_weights(initial_weights)
+    model = diffq.apply_diffq(model, penalty=penalty, **DIFFQ)
+    bits_rate = keras.optimizers.schedules.CosineDecay(BITS_LR, steps)
+    task.fit(model, first, optimizer=diffq.DiffQOptimizer(task.optimizer(first), bits_learning_rate=bits_rate))
+    noisy = task.evaluate(model)
+    diffq.freeze_bits(model)
+    task.fit(model, second)
+    return model, noisy
+
+
+def _split_qat_arm(task: Task, initial_weights, bits: int, share: float, seed: int = SEED):
+    """Uniform QAT on the frozen-bits arms' schedule (a cosine over ``share`` of the fine-tune, then a fresh one
+    over the rest): the control that tells the learned bits from the restarted learning rate."""
+    from tfq_ext import diffq
+
+    keras.utils.set_random_seed(seed)
+    model = task.build()
+    model.set_weights(initial_weights)
+    model = diffq.apply_uniform(model, bits, min_size=0.0)
+    task.fit(model, task.finetune * share)
+    task.fit(model, task.finetune * (1.0 - share))
+    return model
+
+
+def _checkpoint(task: Task, seed: int):
+    keras.utils.set_random_seed(seed)
+    return task.fit(task.build(), task.epochs, finetune=False).get_weights()
+
+
 def run_frozen_bits(task: Task, penalties, share: float = 0.5) -> dict:
     """DiffQ then the true grid (``diffqfz_p<p>``): from the same seeded checkpoint as :func:`run_task`, DiffQ for
     ``share`` of the fine-tune (weights and bits rate on one cosine), then :func:`tfq_ext.diffq.freeze_bits` and
@@ -240,33 +277,117 @@ def run_frozen_bits(task: Task, penalties, share: float = 0.5) -> dict:
     rate). The whole fine-tune has the QAT arms' number of steps."""
     from tfq_ext import diffq
 
-    keras.utils.set_random_seed(SEED)
     log(f"{task.name}: float checkpoint again, {task.epochs} epoch(s), for the DiffQ-then-frozen-bits arms")
-    initial_weights = task.fit(task.build(), task.epochs, finetune=False).get_weights()
-    first, second = task.finetune * share, task.finetune * (1.0 - share)
-    steps = int(math.ceil(len(task.x) * first / task.batch))
+    initial_weights = _checkpoint(task, SEED)
     results = {}
     for penalty in penalties:
-        keras.utils.set_random_seed(SEED)
         t0 = time.perf_counter()
-        model = task.build()
-        model.set_weights(initial_weights)
-        model = diffq.apply_diffq(model, penalty=penalty, **DIFFQ)
-        bits_rate = keras.optimizers.schedules.CosineDecay(BITS_LR, steps)
-        task.fit(model, first, optimizer=diffq.DiffQOptimizer(task.optimizer(first), bits_learning_rate=bits_rate))
-        noisy = task.evaluate(model)
-        diffq.freeze_bits(model)
-        task.fit(model, second)
+        model, noisy = _frozen_bits_arm(task, initial_weights, penalty, share)
         per_layer = {name: float(np.mean(b)) for name, b in diffq.learned_bits(model).items()}
         key = f"diffqfz_p{penalty:g}"
         results[key] = _entry(task, model, time.perf_counter() - t0, penalty=penalty, diffq_share=share,
                               **{f"{task.metric_name}_before_freeze": noisy},
                               mean_bits=diffq.mean_bits(model), layer_bits=per_layer,
                               estimated_bytes=round(diffq.estimated_size(model), 1))
-        log(f"  DiffQ {first:g} epoch(s) then frozen bits {second:g}, penalty {penalty:g}: {task.metric_name} "
+        log(f"  DiffQ {task.finetune * share:g} epoch(s) then frozen bits, penalty {penalty:g}: {task.metric_name} "
             f"{noisy:.4f} -> {results[key][task.metric_name]:.4f}, mean bits {results[key]['mean_bits']:.2f}, "
             f"{results[key]['bytes']} B")
     return results
+
+
+def run_seeds(task: Task, seeds, penalties=(6.0, 8.0), bits=(3, 4), share: float = 0.5, known=None) -> dict:
+    """Per seed (initial weights and data order; the data are the same): the float fine-tune, uniform QAT at
+    ``bits`` (one cosine, as :func:`run_task`, and split as the frozen-bits arms), and ``diffqfz_p<p>``.
+    ``known``: ``{seed: {arm: row}}`` already measured (not rerun)."""
+    from tfq_ext import diffq
+
+    out = {}
+    for seed in seeds:
+        rows = dict((known or {}).get(seed, {}))
+        wanted = (["float"] + [f"qat_{b}" for b in bits] + [f"qatsplit_{b}" for b in bits]
+                  + [f"diffqfz_p{p:g}" for p in penalties])
+        if all(arm in rows for arm in wanted):
+            out[seed] = rows
+            continue
+        log(f"{task.name}, seed {seed}: float checkpoint, {task.epochs} epoch(s)")
+        initial = _checkpoint(task, seed)
+
+        def fresh():
+            model = task.build()
+            model.set_weights(initial)
+            return model
+
+        def keep(arm, model, t0, **extra):
+            rows[arm] = {k: v for k, v in _entry(task, model, time.perf_counter() - t0, **extra).items()
+                         if k != "layer_bits"}
+            log(f"  seed {seed} {arm}: {task.metric_name} {rows[arm][task.metric_name]:.4f}, {rows[arm]['bytes']} B")
+
+        if "float" not in rows:
+            t0 = time.perf_counter()
+            keras.utils.set_random_seed(seed)
+            keep("float", task.fit(fresh(), task.finetune), t0)
+        for b in bits:
+            if f"qat_{b}" not in rows:
+                t0 = time.perf_counter()
+                keras.utils.set_random_seed(seed)
+                keep(f"qat_{b}", task.fit(diffq.apply_uniform(fresh(), b, min_size=0.0), task.finetune), t0, bits=b)
+            if f"qatsplit_{b}" not in rows:
+                t0 = time.perf_counter()
+                keep(f"qatsplit_{b}", _split_qat_arm(task, initial, b, share, seed), t0, bits=b)
+        for p in penalties:
+            if f"diffqfz_p{p:g}" not in rows:
+                t0 = time.perf_counter()
+                model, noisy = _frozen_bits_arm(task, initial, p, share, seed)
+                keep(f"diffqfz_p{p:g}", model, t0, penalty=p, mean_bits=diffq.mean_bits(model),
+                     **{f"{task.metric_name}_before_freeze": noisy})
+        out[seed] = rows
+    return out
+
+
+def summarize_seeds(per_seed: dict, metric: str, higher_is_better: bool) -> dict:
+    """Per DiffQ arm: over seeds, the gap to that seed's float and the lead over that seed's QAT (one cosine and
+    split schedule, each interpolated to the arm's size) — paired differences."""
+    arms = sorted({a for rows in per_seed.values() for a in rows if a.startswith("diffqfz_")})
+    summary = {}
+    for arm in arms:
+        gaps, leads, leads_split, bits = [], [], [], []
+        for rows in per_seed.values():
+            if arm not in rows:
+                continue
+            sign = 1 if higher_is_better else -1
+            gaps.append(sign * (rows["float"][metric] - rows[arm][metric]))
+            for prefix, into in (("qat_", leads), ("qatsplit_", leads_split)):
+                qat = {a: r for a, r in rows.items() if a.startswith(prefix)}
+                vs = compare_with_qat({"float": rows["float"], **{a.replace(prefix, "qat_"): r for a, r in qat.items()},
+                                       arm: rows[arm]}, metric, higher_is_better)
+                into.append(vs[arm]["diffq_ahead_by"] if arm in vs else float("nan"))
+            bits.append(rows[arm]["mean_bits"])
+        summary[arm] = {"seeds": len(gaps), "mean_bits": bits, "gap_to_float": gaps, "ahead_of_qat": leads,
+                        "ahead_of_split_qat": leads_split}
+    return summary
+
+
+def seeds(out_dir, seeds=(0, 1, 2), penalties=(6.0, 8.0), command: str = "") -> dict:
+    """Adds paired per-seed runs of the frozen-bits recipe to the transformer task in ``diffq.json`` (seed 0 reuses
+    the float, QAT and diffqfz arms already there): ``python -c "import benchmarks.diffq as b;
+    b.seeds('benchmarks/results')"``."""
+    out_dir = Path(out_dir)
+    report = json.loads((out_dir / "diffq.json").read_text())
+    task = transformer_task(False)
+    entry = report["tasks"]["transformer"]
+    reused = {"float", "qat_3", "qat_4"} | {f"diffqfz_p{p:g}" for p in penalties}
+    known = {SEED: {a: r for a, r in entry["results"].items() if a in reused}}
+    known.update({int(k): v for k, v in entry.get("seed_runs", {}).items()})
+    start = time.perf_counter()
+    per_seed = run_seeds(task, seeds, penalties, known=known)
+    entry["seed_runs"] = {str(k): v for k, v in per_seed.items()}
+    entry["seed_summary"] = summarize_seeds(per_seed, task.metric_name, task.higher_is_better)
+    entry["seeds_seconds"] = round(time.perf_counter() - start, 1)
+    report.setdefault("commands", {})["transformer_seeds"] = command
+    (out_dir / "diffq.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "diffq.md").write_text(_table(report))
+    print(_table(report), flush=True)
+    return report
 
 
 def run_from_scratch(task: Task, penalties) -> dict:
@@ -511,6 +632,22 @@ def _table(report) -> str:
             lines.append(f"diffqfz_* arms (DiffQ for half the fine-tune, then frozen bits on the true grid): "
                          f"{task.get('frozen_bits_seconds', 0):.0f} s. Command: "
                          f"`{report['commands'][name + '_frozen_bits']}`")
+        if task.get("seed_summary"):
+            lines += ["", "Paired over seeds (each seed: its own float checkpoint, float fine-tune, QAT and DiffQ arms; "
+                      "+ = DiffQ better / worse than float):", "",
+                      "| arm | seeds | mean bits | gap to float, per seed | ahead of QAT (one cosine), per seed | "
+                      "ahead of QAT (split schedule), per seed |", "|---|---:|---|---|---|---|"]
+
+            def cells(values):
+                return (", ".join(f"{v:+.4f}" for v in values)
+                        + f" (mean {np.nanmean(values):+.4f})") if values else "-"
+
+            for arm, row in task["seed_summary"].items():
+                lines.append(f"| {arm} | {row['seeds']} | {', '.join(f'{b:.2f}' for b in row['mean_bits'])} | "
+                             f"{cells(row['gap_to_float'])} | {cells(row['ahead_of_qat'])} | "
+                             f"{cells(row['ahead_of_split_qat'])} |")
+            lines.append(f"Seed runs: {task.get('seeds_seconds', 0):.0f} s. Command: "
+                         f"`{report['commands'].get(name + '_seeds', '')}`")
         if f"{name}_from_scratch" in report.get("commands", {}):
             lines.append(f"diffqfs_* arms (DiffQ from scratch, the float arm's whole budget): "
                          f"{task.get('from_scratch_seconds', 0):.0f} s. Command: "
