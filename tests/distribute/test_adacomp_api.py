@@ -232,6 +232,23 @@ def test_momentum_precondition_needs_sgd_without_momentum():
     assert isinstance(with_adacomp(keras.optimizers.SGD(1e-3), precondition="momentum"), keras.optimizers.SGD)
 
 
+def test_momentum_correction_moves_the_sgd_momentum_onto_the_learners():
+    opt = with_adacomp(keras.optimizers.SGD(0.5, momentum=0.8), momentum_correction=True, bin_sizes=10)
+    assert isinstance(opt, keras.optimizers.SGD) and opt.momentum == 0.0
+    assert opt.adacomp.precondition == "momentum" and opt.adacomp.momentum == pytest.approx(0.8)
+    assert opt.adacomp.bin_sizes["fc"] == 10 and float(opt.learning_rate) == 0.5
+    cases = [(keras.optimizers.Adam(1e-3), {}, ValueError, r"SGD with momentum > 0 .* Received: optimizer=Adam"),
+             (keras.optimizers.SGD(0.1), {}, ValueError, r"Received: optimizer=SGD with momentum=0.0"),
+             (keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True), {}, ValueError, r"nesterov=True"),
+             (keras.optimizers.SGD(0.1, momentum=0.9), {"compressor": AdaComp()}, ValueError,
+              r"builds the compressor"),
+             (keras.optimizers.SGD(0.1, momentum=0.9), {"momentum_correction": 1}, TypeError,
+              r"`momentum_correction` must be a bool. Received: momentum_correction=1")]
+    for optimizer, kwargs, error, match in cases:
+        with pytest.raises(error, match=match):
+            with_adacomp(optimizer, **{"momentum_correction": True, **kwargs})
+
+
 @pytest.mark.parametrize("clip,reference", [
     ({"global_clipnorm": 1.0}, lambda g: tf.clip_by_global_norm([g], 1.0)[0][0]),
     ({"clipnorm": 0.5}, lambda g: tf.clip_by_norm(g, 0.5)),
