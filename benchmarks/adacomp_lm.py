@@ -20,6 +20,8 @@ budget. The paper trained with SGD-momentum and Adam; both are arms here:
   adacomp_momentum AdaComp(precondition="momentum") with plain SGD at the SGD-momentum rate: each learner's
                   velocity goes into the residual and is reset where sent (compared with dense SGD-momentum);
                   ..._LT1000 with bins of 1000 / 100
+  adacomp_adam_corrected AdaComp(precondition="adam") with plain SGD at Adam's rate x 0.1: each learner's Adam
+                  direction (second moment, then velocity) goes into the residual (compared with dense Adam)
 The embedding gradient arrives as ``tf.IndexedSlices``; the compressor densifies it (its residual is dense).
 Reported per arm: test bits per character at the end of every interval (the gap to the dense arm of the same
 optimizer over training), compression per layer kind per interval (index bits counted,
@@ -55,7 +57,10 @@ OPTIMIZERS = {"sgdm": ("SGD", 2.0, {"momentum": 0.9}), "adam": ("Adam", 1e-2, {}
               "rms": ("SGD", 1e-3, {"momentum": 0.9}),
               # AdaComp(precondition="momentum"): the momentum on each learner, before the residual, so plain
               # SGD at the SGD-momentum arm's rate.
-              "sgd": ("SGD", 2.0, {})}
+              "sgd": ("SGD", 2.0, {}),
+              # AdaComp(precondition="adam"): each learner's Adam direction into the residual, so plain SGD at
+              # Adam's rate x (1 - 0.9), and no clipping (the update is unit-scale).
+              "sgd_unit": ("SGD", 1e-3, {})}
 CLIPPED = {"sgdm", "adam", "sgd"}
 
 
@@ -87,7 +92,9 @@ def _arms(quick: bool) -> list:
             # Momentum correction with factor masking: the velocity on each learner, before the residual.
             ("adacomp_momentum", "sgd", {**adacomp, "precondition": "momentum"}, 1, "dense_sgdm"),
             ("adacomp_momentum_LT1000", "sgd", {"bin_sizes": {"fc": 1000, "other": 100}, "precondition": "momentum"},
-             1, "dense_sgdm")]
+             1, "dense_sgdm"),
+            # Adam's two moments on each learner, before the residual (compared with dense Adam).
+            ("adacomp_adam_corrected", "sgd_unit", {**adacomp, "precondition": "adam"}, 1, "dense_adam")]
     return arms[:2] if quick else arms
 
 

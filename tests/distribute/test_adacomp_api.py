@@ -53,8 +53,8 @@ def test_with_adacomp_argument_errors():
     ({"bin_sizes": {"fc": -1}}, ValueError, r"bin_sizes\['fc'\].*Received: bin_sizes\['fc'\]=-1"),
     ({"residual": "yes"}, TypeError, r"`residual` must be a bool. Received: residual='yes'"),
     ({"quantize": 0}, TypeError, r"`quantize` must be a bool. Received: quantize=0"),
-    ({"precondition": "adam"}, ValueError,
-     r"`precondition` must be one of \(None, 'rms', 'momentum'\). Received: precondition='adam'"),
+    ({"precondition": "lamb"}, ValueError,
+     r"`precondition` must be one of \(None, 'rms', 'momentum', 'adam'\). Received: precondition='lamb'"),
     ({"precondition": "momentum", "momentum": 1.0}, ValueError, r"`momentum` must be a number in \[0, 1\). Received: momentum=1.0"),
     ({"precondition": "rms", "beta_2": 1.0}, ValueError, r"`beta_2` must be a number in \(0, 1\). Received: beta_2=1.0"),
     ({"precondition": "rms", "epsilon": 0}, ValueError, r"`epsilon` must be a positive number. Received: epsilon=0"),
@@ -188,19 +188,24 @@ def test_rms_precondition_matches_a_numpy_reference_and_checkpoints(tmp_path):
     np.testing.assert_allclose(fresh.residual_values()["w"][0], residual, rtol=1e-5, atol=1e-6)
 
 
-def test_momentum_precondition_matches_a_numpy_reference_and_checkpoints(tmp_path):
-    """Three exchanges on one learner: the residual accumulates the learner's velocity, and a sent element's
-    velocity restarts from 0 (momentum correction with factor masking)."""
-    momentum, bins = 0.9, 4
+@pytest.mark.parametrize("precondition", ["momentum", "adam"])
+def test_momentum_precondition_matches_a_numpy_reference_and_checkpoints(tmp_path, precondition):
+    """Three exchanges on one learner: the residual accumulates the learner's velocity (of the rms-scaled gradient
+    for "adam"), and a sent element's velocity restarts from 0 (momentum correction with factor masking)."""
+    momentum, bins, beta_2, eps = 0.9, 4, 0.9, 1e-7
     var = tf.Variable(tf.zeros([8]), name="w")
-    compressor = AdaComp(bins, precondition="momentum", momentum=momentum)
+    compressor = AdaComp(bins, precondition=precondition, momentum=momentum, beta_2=beta_2, epsilon=eps)
     rng = np.random.default_rng(1)
-    grads = [rng.normal(size=8).astype(np.float32) for _ in range(3)]
+    grads = [rng.normal(size=8).astype(np.float32) * scale for scale in (1.0, 30.0, 1.0)]
     u = np.zeros(8)
+    v = np.zeros(8)
     residual = np.zeros(8)
     masked = 0
-    for g in grads:
+    for t, g in enumerate(grads, start=1):
         out = compressor.exchange([(tf.constant(g), var)])[0][0].numpy()
+        if precondition == "adam":
+            v = beta_2 * v + (1 - beta_2) * g.astype(np.float64) ** 2
+            g = g / (np.sqrt(v / (1 - beta_2 ** t)) + eps)
         u = momentum * u + g
         accumulated = residual + u
         mask = np.zeros(8, bool)
@@ -217,10 +222,12 @@ def test_momentum_precondition_matches_a_numpy_reference_and_checkpoints(tmp_pat
         np.testing.assert_allclose(compressor.residual_values()["w"][0], residual, rtol=1e-5, atol=1e-6)
     assert 0 < masked < 24  # some velocities were reset and some carried over
     path = tf.train.Checkpoint(compressor=compressor).write(str(tmp_path / "ckpt"))
-    fresh = AdaComp(bins, precondition="momentum", momentum=momentum)
+    fresh = AdaComp(bins, precondition=precondition, momentum=momentum, beta_2=beta_2, epsilon=eps)
     tf.train.Checkpoint(compressor=fresh).read(path).expect_partial()
     fresh.build([var])
     np.testing.assert_allclose(fresh._velocities["w"].variable.numpy(), u, rtol=1e-5, atol=1e-6)
+    if precondition == "adam":
+        np.testing.assert_allclose(fresh._moments["w"].variable.numpy(), v, rtol=1e-5)
     assert fresh.get_config()["momentum"] == momentum
 
 
@@ -229,6 +236,8 @@ def test_momentum_precondition_needs_sgd_without_momentum():
         with_adacomp(keras.optimizers.SGD(1e-3, momentum=0.9), precondition="momentum")
     with pytest.raises(ValueError, match=r"SGD without momentum .* Received: optimizer=Adam"):
         with_adacomp(keras.optimizers.Adam(1e-3), precondition="momentum")
+    with pytest.raises(ValueError, match=r"precondition='adam'.* Received: optimizer=SGD with momentum=0.9"):
+        with_adacomp(keras.optimizers.SGD(1e-3, momentum=0.9), precondition="adam")
     assert isinstance(with_adacomp(keras.optimizers.SGD(1e-3), precondition="momentum"), keras.optimizers.SGD)
 
 

@@ -20,9 +20,12 @@ __all__ = ["DEFAULT_BIN_SIZES", "PRECONDITIONERS", "AdaComp", "TopK", "check_str
 #: The paper's bin lengths: about 50 for conv kernels and 500 for fully-connected / recurrent matrices.
 #: Biases and normalization parameters are tiny; they use the conv length.
 DEFAULT_BIN_SIZES = {"conv": 50, "fc": 500, "other": 50}
-#: ``AdaComp(precondition=...)``: None (the paper's rule), "rms" (per-learner Adam second-moment scaling) or
-#: "momentum" (per-learner momentum before the residual, with momentum factor masking).
-PRECONDITIONERS = (None, "rms", "momentum")
+#: ``AdaComp(precondition=...)``: None (the paper's rule), "rms" (per-learner Adam second-moment scaling),
+#: "momentum" (per-learner momentum before the residual, with momentum factor masking) or "adam" (both: each
+#: learner's Adam direction goes into the residual).
+PRECONDITIONERS = (None, "rms", "momentum", "adam")
+_RMS = ("rms", "adam")
+_VELOCITY = ("momentum", "adam")
 
 # get_strategy() outside any scope returns the process-wide default strategy object (one replica).
 _DEFAULT_STRATEGY = None if tf.distribute.has_strategy() else tf.distribute.get_strategy()
@@ -97,8 +100,8 @@ class AdaComp(tf.Module):
             dropped.
         quantize: send ``sign x one scale per layer`` (AdaComp). ``False`` is the exact-values ablation: the same
             elements are sent with their own float32 value (32 more bits each on the wire, counted).
-        precondition: None (the paper), ``"rms"`` or ``"momentum"``. ``"rms"``: each learner divides its own dense gradient by the root of
-            its running second moment (Adam's ``v``: ``v = beta_2 v + (1 - beta_2) dW^2``, bias-corrected) before
+        precondition: None (the paper), ``"rms"``, ``"momentum"`` or ``"adam"``. ``"rms"``: each learner divides
+            its own dense gradient by the root of its running second moment (Adam's ``v``: ``v = beta_2 v + (1 - beta_2) dW^2``, bias-corrected) before
             the residual, and the exchange returns the mean of the learners' preconditioned updates. Pair it with
             ``SGD(momentum=0.9)`` at about Adam's rate x (1 - momentum): that is Adam's update with the compression
             between the preconditioner and the momentum. The idea: the optimizer sees an element only when it is
@@ -113,6 +116,9 @@ class AdaComp(tf.Module):
             ``SGD`` (no momentum) at the dense SGD-momentum rate: the momentum then acts on each learner's
             dense gradient, not on the sparse sum, where a late send of an old residual would keep pushing for
             ~1 / (1 - momentum) steps after it arrived. Costs one more float per weight per learner.
+            ``"adam"``: both, in Adam's order: the velocity accumulates the ``"rms"``-scaled gradient, so each
+            learner's own Adam direction goes into the residual. Pair it with plain ``SGD`` at Adam's rate x
+            (1 - momentum) and no clipping (the update is unit-scale). Two more floats per weight per learner.
         beta_2, epsilon: the second-moment decay and the denominator's epsilon for ``precondition="rms"``.
         momentum: the velocity's decay for ``precondition="momentum"``, in [0, 1).
         name: module name.
@@ -181,21 +187,21 @@ class AdaComp(tf.Module):
                                        synchronization=tf.VariableSynchronization.ON_READ,
                                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
                 self._slots[key] = _Residual(slot)
-            if self.precondition == "momentum":
+            if self.precondition in _VELOCITY:
                 with tf.init_scope():
                     velocity = tf.Variable(tf.zeros([n], var.dtype), trainable=False,
                                            name=f"adacomp_velocity/{key}",
                                            synchronization=tf.VariableSynchronization.ON_READ,
                                            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
                 self._velocities[key] = _Residual(velocity, statistic=True)
-            if self.precondition == "rms":
+            if self.precondition in _RMS:
                 with tf.init_scope():
                     moment = tf.Variable(tf.zeros([n], var.dtype), trainable=False,
                                          name=f"adacomp_second_moment/{key}",
                                          synchronization=tf.VariableSynchronization.ON_READ,
                                          aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
                 self._moments[key] = _Residual(moment, statistic=True)
-        if self.precondition == "rms":
+        if self.precondition in _RMS:
             with tf.init_scope():
                 steps = tf.Variable(tf.zeros([1], tf.float32), trainable=False, name="adacomp_moment_steps",
                                     synchronization=tf.VariableSynchronization.ON_READ,
@@ -239,7 +245,7 @@ class AdaComp(tf.Module):
                             [v for _, v in live]))
         layers, packed, counts, scales = [], [], [], []
         correction = None
-        if self.precondition == "rms":
+        if self.precondition in _RMS:
             steps = self._moment_steps.variable
             t = steps.read_value() + 1.0
             steps.assign(t)
@@ -276,7 +282,7 @@ class AdaComp(tf.Module):
         if not layers:
             return grads_and_vars
         summed = self._all_gather_sum(ctx, layers, packed, counts, scales)
-        if self.precondition == "rms":
+        if self.precondition in _RMS:
             # The learners' preconditioned updates are each of unit scale: their mean is the update direction.
             summed = [s / float(ctx.num_replicas_in_sync) for s in summed]
         by_var = {id(var): s for (_, _, var, _), s in zip(layers, summed)}

@@ -116,10 +116,11 @@ def with_adacomp(optimizer, compressor: AdaComp | None = None, *, learner_clippi
     elif not isinstance(compressor, AdaComp):
         raise TypeError(f"`compressor` must be an AdaComp instance. Received: compressor={compressor!r} "
                         f"(type {type(compressor).__name__})")
-    if compressor.precondition == "momentum" and (not isinstance(optimizer, keras.optimizers.SGD)
-                                                  or config["momentum"]):
-        raise ValueError("AdaComp(precondition='momentum') applies the momentum on each learner before the "
-                         "residual; the optimizer must be SGD without momentum (the momentum would act twice). "
+    if compressor.precondition in ("momentum", "adam") and (not isinstance(optimizer, keras.optimizers.SGD)
+                                                            or config["momentum"]):
+        raise ValueError(f"AdaComp(precondition={compressor.precondition!r}) applies the momentum on each learner "
+                         "before the residual; the optimizer must be SGD without momentum (the momentum would act "
+                         "twice). "
                          f"Received: optimizer={type(optimizer).__name__}"
                          + (f" with momentum={optimizer.momentum}" if isinstance(optimizer, keras.optimizers.SGD)
                             else ""))
