@@ -19,7 +19,7 @@ budget. The paper trained with SGD-momentum and Adam; both are arms here:
   ..._3x          dense and AdaComp SGD-momentum trained 3x as many steps
   adacomp_momentum AdaComp(precondition="momentum") with plain SGD at the SGD-momentum rate: each learner's
                   velocity goes into the residual and is reset where sent (compared with dense SGD-momentum);
-                  ..._LT1000 with bins of 1000 / 100
+                  ..._LT750, ..._LT1000 with bins of 750 / 75 and 1000 / 100
   adacomp_adam_corrected AdaComp(precondition="adam") with plain SGD at Adam's rate x 0.1: each learner's Adam
                   direction (second moment, then velocity) goes into the residual (compared with dense Adam)
 The embedding gradient arrives as ``tf.IndexedSlices``; the compressor densifies it (its residual is dense).
@@ -91,6 +91,8 @@ def _arms(quick: bool) -> list:
             ("dense_sgdm_3x", "sgdm", None, 3, None), ("adacomp_sgdm_3x", "sgdm", adacomp, 3, "dense_sgdm_3x"),
             # Momentum correction with factor masking: the velocity on each learner, before the residual.
             ("adacomp_momentum", "sgd", {**adacomp, "precondition": "momentum"}, 1, "dense_sgdm"),
+            ("adacomp_momentum_LT750", "sgd", {"bin_sizes": {"fc": 750, "other": 75}, "precondition": "momentum"},
+             1, "dense_sgdm"),
             ("adacomp_momentum_LT1000", "sgd", {"bin_sizes": {"fc": 1000, "other": 100}, "precondition": "momentum"},
              1, "dense_sgdm"),
             # Adam's two moments on each learner, before the residual (compared with dense Adam).
