@@ -153,6 +153,15 @@ def _entry(task, model, seconds, **extra):
     return entry
 
 
+def _diffq_entry(task, model, t0, **extra):
+    """The row of a trained DiffQ arm: metric and size, learned bits (mean, per layer) and the size estimate."""
+    from tfq_ext import diffq
+
+    per_layer = {name: float(np.mean(b)) for name, b in diffq.learned_bits(model).items()}
+    return _entry(task, model, time.perf_counter() - t0, **extra, mean_bits=diffq.mean_bits(model),
+                  layer_bits=per_layer, estimated_bytes=round(diffq.estimated_size(model), 1))
+
+
 def run_task(task: Task, penalties, out_dir: Path) -> dict:
     from tfq_ext import diffq
 
@@ -188,11 +197,9 @@ def run_task(task: Task, penalties, out_dir: Path) -> dict:
         model = diffq.apply_diffq(from_checkpoint(), penalty=penalty, **DIFFQ)
         optimizer = diffq.DiffQOptimizer(task.optimizer(task.finetune), bits_learning_rate=BITS_LR)
         task.fit(model, task.finetune, optimizer=optimizer)
-        per_layer = {name: float(np.mean(b)) for name, b in diffq.learned_bits(model).items()}
         key = f"diffq_p{penalty:g}"
-        results[key] = _entry(task, model, time.perf_counter() - t0, penalty=penalty,
-                              mean_bits=diffq.mean_bits(model), layer_bits=per_layer,
-                              estimated_bytes=round(diffq.estimated_size(model), 1))
+        results[key] = _diffq_entry(task, model, t0, penalty=penalty)
+        per_layer = results[key]["layer_bits"]
         results[key][f"{task.metric_name}_zero_grid"] = _with_grid(task, model, "zero")
         packed = diffq.export_packed(model)
         results[key]["packed_payload_bytes"] = packed.payload_bytes
@@ -223,11 +230,8 @@ def run_bits_decay(task: Task, penalties) -> dict:
         bits_rate = keras.optimizers.schedules.CosineDecay(BITS_LR, steps)
         task.fit(model, task.finetune,
                  optimizer=diffq.DiffQOptimizer(task.optimizer(task.finetune), bits_learning_rate=bits_rate))
-        per_layer = {name: float(np.mean(b)) for name, b in diffq.learned_bits(model).items()}
         key = f"diffqbd_p{penalty:g}"
-        results[key] = _entry(task, model, time.perf_counter() - t0, penalty=penalty,
-                              mean_bits=diffq.mean_bits(model), layer_bits=per_layer,
-                              estimated_bytes=round(diffq.estimated_size(model), 1))
+        results[key] = _diffq_entry(task, model, t0, penalty=penalty)
         log(f"  DiffQ (bits rate decayed) penalty {penalty:g}: {task.metric_name} {results[key][task.metric_name]:.4f}, "
             f"mean bits {results[key]['mean_bits']:.2f}, {results[key]['bytes']} B")
     return results
@@ -275,20 +279,15 @@ def run_frozen_bits(task: Task, penalties, share: float = 0.5) -> dict:
     ``share`` of the fine-tune (weights and bits rate on one cosine), then :func:`tfq_ext.diffq.freeze_bits` and
     the rest of the fine-tune on the true grid at the learned bits (straight-through, a fresh cosine from the task's
     rate). The whole fine-tune has the QAT arms' number of steps."""
-    from tfq_ext import diffq
-
     log(f"{task.name}: float checkpoint again, {task.epochs} epoch(s), for the DiffQ-then-frozen-bits arms")
     initial_weights = _checkpoint(task, SEED)
     results = {}
     for penalty in penalties:
         t0 = time.perf_counter()
         model, noisy = _frozen_bits_arm(task, initial_weights, penalty, share)
-        per_layer = {name: float(np.mean(b)) for name, b in diffq.learned_bits(model).items()}
         key = f"diffqfz_p{penalty:g}"
-        results[key] = _entry(task, model, time.perf_counter() - t0, penalty=penalty, diffq_share=share,
-                              **{f"{task.metric_name}_before_freeze": noisy},
-                              mean_bits=diffq.mean_bits(model), layer_bits=per_layer,
-                              estimated_bytes=round(diffq.estimated_size(model), 1))
+        results[key] = _diffq_entry(task, model, t0, penalty=penalty, diffq_share=share,
+                                    **{f"{task.metric_name}_before_freeze": noisy})
         log(f"  DiffQ {task.finetune * share:g} epoch(s) then frozen bits, penalty {penalty:g}: {task.metric_name} "
             f"{noisy:.4f} -> {results[key][task.metric_name]:.4f}, mean bits {results[key]['mean_bits']:.2f}, "
             f"{results[key]['bytes']} B")
@@ -406,11 +405,8 @@ def run_from_scratch(task: Task, penalties) -> dict:
         optimizer = diffq.DiffQOptimizer(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(task.lr, steps)),
                                          bits_learning_rate=keras.optimizers.schedules.CosineDecay(BITS_LR, steps))
         task.fit(model, epochs, optimizer=optimizer)
-        per_layer = {name: float(np.mean(b)) for name, b in diffq.learned_bits(model).items()}
         key = f"diffqfs_p{penalty:g}"
-        results[key] = _entry(task, model, time.perf_counter() - t0, penalty=penalty, epochs=epochs,
-                              mean_bits=diffq.mean_bits(model), layer_bits=per_layer,
-                              estimated_bytes=round(diffq.estimated_size(model), 1))
+        results[key] = _diffq_entry(task, model, t0, penalty=penalty, epochs=epochs)
         log(f"  DiffQ from scratch, penalty {penalty:g}: {task.metric_name} {results[key][task.metric_name]:.4f}, "
             f"mean bits {results[key]['mean_bits']:.2f}, {results[key]['bytes']} B")
     return results

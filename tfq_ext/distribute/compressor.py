@@ -52,6 +52,14 @@ def check_strategy(strategy) -> None:
         f"inside one of those scopes. Received: strategy={type(strategy).__name__}")
 
 
+def _local_variable(name: str, shape, dtype):
+    """A zero-initialised per-replica (sync-on-read, not aggregated) state variable, created outside any graph."""
+    with tf.init_scope():
+        return tf.Variable(tf.zeros(shape, dtype), trainable=False, name=name,
+                           synchronization=tf.VariableSynchronization.ON_READ,
+                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+
 def _components(variable):
     """The local per-replica component variables of a (possibly distributed) variable."""
     return tuple(getattr(variable, "values", (variable,)))
@@ -182,36 +190,16 @@ class AdaComp(tf.Module):
             n = int(np.prod(var.shape))
             self._layers.append((key, n, ops.layer_kind(var.shape)))
             if self.residual:
-                with tf.init_scope():
-                    slot = tf.Variable(tf.zeros([n], var.dtype), trainable=False, name=f"adacomp_residual/{key}",
-                                       synchronization=tf.VariableSynchronization.ON_READ,
-                                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-                self._slots[key] = _Residual(slot)
+                self._slots[key] = _Residual(_local_variable(f"adacomp_residual/{key}", [n], var.dtype))
             if self.precondition in _VELOCITY:
-                with tf.init_scope():
-                    velocity = tf.Variable(tf.zeros([n], var.dtype), trainable=False,
-                                           name=f"adacomp_velocity/{key}",
-                                           synchronization=tf.VariableSynchronization.ON_READ,
-                                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-                self._velocities[key] = _Residual(velocity, statistic=True)
+                self._velocities[key] = _Residual(_local_variable(f"adacomp_velocity/{key}", [n], var.dtype),
+                                                  statistic=True)
             if self.precondition in _RMS:
-                with tf.init_scope():
-                    moment = tf.Variable(tf.zeros([n], var.dtype), trainable=False,
-                                         name=f"adacomp_second_moment/{key}",
-                                         synchronization=tf.VariableSynchronization.ON_READ,
-                                         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-                self._moments[key] = _Residual(moment, statistic=True)
+                self._moments[key] = _Residual(_local_variable(f"adacomp_second_moment/{key}", [n], var.dtype),
+                                               statistic=True)
         if self.precondition in _RMS:
-            with tf.init_scope():
-                steps = tf.Variable(tf.zeros([1], tf.float32), trainable=False, name="adacomp_moment_steps",
-                                    synchronization=tf.VariableSynchronization.ON_READ,
-                                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-            self._moment_steps = _Residual(steps, statistic=True)
-        with tf.init_scope():
-            counters = tf.Variable(tf.zeros([_KIND_BASE + 3 * len(ops.LAYER_KINDS)], tf.float64),
-                                   trainable=False, name="adacomp_counters",
-                                   synchronization=tf.VariableSynchronization.ON_READ,
-                                   aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            self._moment_steps = _Residual(_local_variable("adacomp_moment_steps", [1], tf.float32), statistic=True)
+        counters = _local_variable("adacomp_counters", [_KIND_BASE + 3 * len(ops.LAYER_KINDS)], tf.float64)
         self._state = _Holder(var_ids={id(v): i for i, v in enumerate(var_list)},
                               var_names={v.name: i for i, v in enumerate(var_list)}, counters=counters)
 
