@@ -102,6 +102,8 @@ def _arms(quick: bool) -> list:
     # bins of 500 and 750: paired differences.
     momentum = {"adacomp_momentum": {**adacomp, "precondition": "momentum"},
                 "adacomp_momentum_LT750": {"bin_sizes": {"fc": 750, "other": 75}, "precondition": "momentum"}}
+    # 3x as many steps for the momentum-corrected arm at bins of 750 (its dense arm: dense_sgdm_3x).
+    arms.append(("adacomp_momentum_LT750_3x", "sgd", momentum["adacomp_momentum_LT750"], 3, "dense_sgdm_3x"))
     for seed in (1, 2):
         arms.append((f"dense_sgdm_s{seed}", "sgdm", None, 1, None, seed))
         arms += [(f"{name}_s{seed}", "sgd", spec, 1, f"dense_sgdm_s{seed}", seed) for name, spec in momentum.items()]
