@@ -104,8 +104,10 @@ def _arms(quick: bool) -> list:
                 "adacomp_momentum_LT750": {"bin_sizes": {"fc": 750, "other": 75}, "precondition": "momentum"}}
     # 3x as many steps for the momentum-corrected arm at bins of 750 (its dense arm: dense_sgdm_3x).
     arms.append(("adacomp_momentum_LT750_3x", "sgd", momentum["adacomp_momentum_LT750"], 3, "dense_sgdm_3x"))
-    arms += [("dense_sgdm_3x_s1", "sgdm", None, 3, None, 1),
-             ("adacomp_momentum_LT750_3x_s1", "sgd", momentum["adacomp_momentum_LT750"], 3, "dense_sgdm_3x_s1", 1)]
+    for seed in (1, 2):
+        arms += [(f"dense_sgdm_3x_s{seed}", "sgdm", None, 3, None, seed),
+                 (f"adacomp_momentum_LT750_3x_s{seed}", "sgd", momentum["adacomp_momentum_LT750"], 3,
+                  f"dense_sgdm_3x_s{seed}", seed)]
     for seed in (1, 2):
         arms.append((f"dense_sgdm_s{seed}", "sgdm", None, 1, None, seed))
         arms += [(f"{name}_s{seed}", "sgd", spec, 1, f"dense_sgdm_s{seed}", seed) for name, spec in momentum.items()]
