@@ -20,8 +20,8 @@ from tfq_ext.ops import diffq as ops
 from tfq_ext.ops.size import SizeReport
 from tfq_ext.size import model_size
 
-__all__ = ["apply_diffq", "apply_uniform", "set_penalty", "freeze_bits", "true_size", "size_report", "estimated_size",
-           "mean_bits", "learned_bits", "to_dense_model", "export_tflite", "diffq_layers", "TARGET_MODES"]
+__all__ = ["apply_diffq", "apply_uniform", "set_penalty", "freeze_bits", "true_size", "size_report",
+           "estimated_size", "mean_bits", "learned_bits", "to_dense_model", "export_tflite", "diffq_layers", "TARGET_MODES"]
 
 TARGET_MODES = ("kernels", "all")
 

@@ -109,9 +109,9 @@ class AdaComp(tf.Module):
         quantize: send ``sign x one scale per layer`` (AdaComp). ``False`` is the exact-values ablation: the same
             elements are sent with their own float32 value (32 more bits each on the wire, counted).
         precondition: None (the paper), ``"rms"``, ``"momentum"`` or ``"adam"``. ``"rms"``: each learner divides
-            its own dense gradient by the root of its running second moment (Adam's ``v``: ``v = beta_2 v + (1 - beta_2) dW^2``, bias-corrected) before
-            the residual, and the exchange returns the mean of the learners' preconditioned updates. Pair it with
-            ``SGD(momentum=0.9)`` at about Adam's rate x (1 - momentum): that is Adam's update with the compression
+            its own dense gradient by the root of its running second moment (Adam's ``v``:
+            ``v = beta_2 v + (1 - beta_2) dW^2``, bias-corrected) before the residual, and the exchange returns
+            the mean of the learners' preconditioned updates. Pair it with ``SGD(momentum=0.9)`` at about Adam's rate x (1 - momentum): that is Adam's update with the compression
             between the preconditioner and the momentum. The idea: the optimizer sees an element only when it is
             sent, as one spike of the gradient accumulated since the last send, and Adam divides that spike by the
             root of its own mean square, so an element sent every N steps would move about sqrt(N) times less
@@ -127,8 +127,9 @@ class AdaComp(tf.Module):
             ``"adam"``: both, in Adam's order: the velocity accumulates the ``"rms"``-scaled gradient, so each
             learner's own Adam direction goes into the residual. Pair it with plain ``SGD`` at Adam's rate x
             (1 - momentum) and no clipping (the update is unit-scale). Two more floats per weight per learner.
-        beta_2, epsilon: the second-moment decay and the denominator's epsilon for ``precondition="rms"``.
-        momentum: the velocity's decay for ``precondition="momentum"``, in [0, 1).
+        beta_2, epsilon: the second-moment decay and the denominator's epsilon for ``precondition="rms"`` or
+            ``"adam"``.
+        momentum: the velocity's decay for ``precondition="momentum"`` or ``"adam"``, in [0, 1).
         name: module name.
 
     References:
