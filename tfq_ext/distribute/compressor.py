@@ -111,8 +111,9 @@ class AdaComp(tf.Module):
         precondition: None (the paper), ``"rms"``, ``"momentum"`` or ``"adam"``. ``"rms"``: each learner divides
             its own dense gradient by the root of its running second moment (Adam's ``v``:
             ``v = beta_2 v + (1 - beta_2) dW^2``, bias-corrected) before the residual, and the exchange returns
-            the mean of the learners' preconditioned updates. Pair it with ``SGD(momentum=0.9)`` at about Adam's rate x (1 - momentum): that is Adam's update with the compression
-            between the preconditioner and the momentum. The idea: the optimizer sees an element only when it is
+            the mean of the learners' preconditioned updates. Pair it with ``SGD(momentum=0.9)`` at about Adam's
+            rate x (1 - momentum): that is Adam's update with the compression between the preconditioner and the
+            momentum. The idea: the optimizer sees an element only when it is
             sent, as one spike of the gradient accumulated since the last send, and Adam divides that spike by the
             root of its own mean square, so an element sent every N steps would move about sqrt(N) times less
             than under dense Adam. Measured on the Shakespeare LSTM (``benchmarks/adacomp_lm.py``): no better than
