@@ -216,9 +216,8 @@ def run_bits_decay(task: Task, penalties) -> dict:
     as :func:`run_task` (retrained: the checkpoint is not stored)."""
     from tfq_ext import diffq
 
-    keras.utils.set_random_seed(SEED)
     log(f"{task.name}: float checkpoint again, {task.epochs} epoch(s), for the decayed-bits-rate DiffQ arms")
-    initial_weights = task.fit(task.build(), task.epochs, finetune=False).get_weights()
+    initial_weights = _checkpoint(task, SEED)
     steps = int(math.ceil(len(task.x) * task.finetune / task.batch))
     results = {}
     for penalty in penalties:
@@ -270,6 +269,7 @@ def _split_qat_arm(task: Task, initial_weights, bits: int, share: float, seed: i
 
 
 def _checkpoint(task: Task, seed: int):
+    """The float weights after ``task.epochs`` of training from ``seed`` (the fine-tunes' common start)."""
     keras.utils.set_random_seed(seed)
     return task.fit(task.build(), task.epochs, finetune=False).get_weights()
 
@@ -317,8 +317,7 @@ def run_seeds(task: Task, seeds, penalties=(6.0, 8.0), bits=(3, 4), share: float
             return model
 
         def keep(arm, model, t0, **extra):
-            rows[arm] = {k: v for k, v in _entry(task, model, time.perf_counter() - t0, **extra).items()
-                         if k != "layer_bits"}
+            rows[arm] = _entry(task, model, time.perf_counter() - t0, **extra)
             log(f"  seed {seed} {arm}: {task.metric_name} {rows[arm][task.metric_name]:.4f}, {rows[arm]['bytes']} B")
 
         if "float" not in rows:
