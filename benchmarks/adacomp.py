@@ -64,6 +64,9 @@ def compressed_optimizer(optimizer, spec, results: dict):
     else:
         spec = dict(spec)
         clipping = spec.pop("learner_clipping", True)
+        if spec.pop("momentum_correction", False):  # the user-facing switch: with_adacomp builds the compressor
+            wrapped = with_adacomp(optimizer, learner_clipping=clipping, momentum_correction=True, **spec)
+            return wrapped, wrapped.adacomp
         compressor = AdaComp(**spec)
         return with_adacomp(optimizer, compressor=compressor, learner_clipping=clipping), compressor
     return with_adacomp(optimizer, compressor=compressor), compressor
@@ -126,11 +129,15 @@ def _arms(quick: bool) -> list:
             ("topk", "matched")]
     if not quick:
         arms += [("adacomp_LT25_250", {"bin_sizes": {"conv": 25, "fc": 250, "other": 25}}),
-                 ("adacomp_LT100_1000", {"bin_sizes": {"conv": 100, "fc": 1000, "other": 100}})]
+                 ("adacomp_LT100_1000", {"bin_sizes": {"conv": 100, "fc": 1000, "other": 100}}),
+                 # with_adacomp(..., momentum_correction=True): the SGD momentum on each learner, before the
+                 # residual (the fix measured on the Shakespeare LSTM, benchmarks/adacomp_lm.py).
+                 ("adacomp_momentum", {"bin_sizes": {"conv": 50, "fc": 500, "other": 50},
+                                       "momentum_correction": True})]
     return arms
 
 
-def run_arms(quick: bool, train_images: int | None = None, epochs: int | None = None) -> dict:
+def run_arms(quick: bool, train_images: int | None = None, epochs: int | None = None, only=None) -> dict:
     """Trains every arm in this process (which must not have initialised TensorFlow's devices yet)."""
     from tfq_ext._keras import keras, tf
 
@@ -147,6 +154,8 @@ def run_arms(quick: bool, train_images: int | None = None, epochs: int | None = 
     epochs = epochs or (2 if quick else 8)
     results = {}
     for name, spec in _arms(quick):
+        if only and name not in only:
+            continue
         keras.utils.set_random_seed(SEED)
         dataset = (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=SEED)
                    .batch(BATCH, drop_remainder=True).with_options(options))
@@ -174,15 +183,31 @@ def run_arms(quick: bool, train_images: int | None = None, epochs: int | None = 
 
 
 def main(out_dir, quick: bool = False, command: str = "", train_images: int | None = None,
-         epochs: int | None = None) -> dict:
+         epochs: int | None = None, arms=None) -> dict:
     """Runs the arms in a fresh process and writes ``adacomp.json`` / ``adacomp.md`` to ``out_dir``.
 
     ``train_images`` / ``epochs`` override the sizes (quick: 12000 images, 2 epochs; full: 60000, 8 epochs).
+    ``arms``: names of a subset to run (not "topk", which needs the adacomp arm); the other arms already in the
+    JSON are kept, and must have been run at the same sizes.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    args = ["--quick" if quick else "--full", str(train_images or 0), str(epochs or 0)]
+    known = [name for name, _ in _arms(quick)]
+    if arms and (set(arms) - set(known) or "topk" in arms):
+        raise ValueError(f"`arms` must be among {[k for k in known if k != 'topk']}. Received: {list(arms)}")
+    args = ["--quick" if quick else "--full", str(train_images or 0), str(epochs or 0), ",".join(arms or [])]
     report = run_fresh("benchmarks.adacomp", out_dir, "adacomp", quick, command, args)
+    previous = out_dir / "adacomp.json"
+    if arms and previous.exists():
+        old = json.loads(previous.read_text())
+        if old["setup"]["epochs"] != report["setup"]["epochs"] or \
+                old["setup"]["train_images"] != report["setup"]["train_images"]:
+            raise ValueError(f"the arms in {previous} were run at other sizes ({old['setup']}); rerun them all")
+        merged = {**old["results"], **report["results"]}
+        report["results"] = {k: merged[k] for k in known if k in merged}
+        report["commands"] = {**old.get("commands", {k: old["command"] for k in old["results"]}),
+                              **{k: command for k in arms}}
+        report["seconds"] = round(old["seconds"] + report["seconds"], 1)
     (out_dir / "adacomp.json").write_text(json.dumps(report, indent=2))
     (out_dir / "adacomp.md").write_text(_table(report))
     print(_table(report), flush=True)
@@ -203,11 +228,16 @@ def _table(report) -> str:
         lines.append(f"| {name} | {row['accuracy']:.4f} | {' | '.join(cells)} | {row['wire_bytes_per_step']:.0f} | "
                      f"{row['wire_reduction']:.1f}x |")
     lines.append("")
-    lines.append(f"Command: `{report['command']}`; {report['seconds']} s.")
+    if "commands" in report:
+        lines += [f"- {arm}: `{cmd}`" for arm, cmd in report["commands"].items()]
+        lines += ["", f"Time of the runs: {report['seconds']} s."]
+    else:
+        lines.append(f"Command: `{report['command']}`; {report['seconds']} s.")
     return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
     out = run_arms(quick=sys.argv[2] == "--quick", train_images=int(sys.argv[3]) or None,
-                   epochs=int(sys.argv[4]) or None)
+                   epochs=int(sys.argv[4]) or None,
+                   only=[a for a in (sys.argv[5] if len(sys.argv) > 5 else "").split(",") if a])
     Path(sys.argv[1]).write_text(json.dumps(out, default=float))
