@@ -157,6 +157,42 @@ def test_a_setting_with_an_earlier_settings_plan_is_skipped(trained, digits, mon
     assert res.candidate("ipq_b16").error == "same layers and blocks as ipq_b4 on this model"
 
 
+def test_diffq_candidate_learns_bits_then_trains_on_the_frozen_grid(trained, digits, monkeypatch):
+    from tfq_ext import diffq
+    import tfq_ext.compress as compress
+
+    seen = {}
+    real_freeze, real_export = diffq.freeze_bits, diffq.export_tflite
+
+    def freeze(model, frozen=True):
+        seen["bits_at_freeze"] = {k: v.copy() for k, v in diffq.learned_bits(model).items()}
+        seen["size_at_freeze"] = diffq.true_size(model)
+        seen["weights_at_freeze"] = [w.copy() for w in model.get_weights()]
+        return real_freeze(model, frozen)
+
+    def export(model, *args, **kwargs):
+        seen["frozen"] = [w.frozen for w in diffq.diffq_layers(model)]
+        seen["bits_at_export"] = diffq.learned_bits(model)
+        seen["size_at_export"] = diffq.true_size(model)
+        seen["weights_at_export"] = model.get_weights()
+        return real_export(model, *args, **kwargs)
+
+    monkeypatch.setattr(diffq, "freeze_bits", freeze)
+    monkeypatch.setattr(diffq, "export_tflite", export)
+    monkeypatch.setitem(compress._SETTINGS, "diffq", [("diffq_p3", 3.0, "")])
+    res = compress_model(trained, (digits.x_train[:400], digits.y_train[:400]), (digits.x_test, digits.y_test),
+                         methods=["diffq"], epochs=1.0, latency_rounds=0, verbose=0)
+    candidate = res.candidate("diffq_p3")
+    assert candidate.ok and candidate.compressed, candidate.error
+    assert seen["frozen"] and all(seen["frozen"])
+    assert seen["bits_at_export"].keys() == seen["bits_at_freeze"].keys()
+    for name, bits in seen["bits_at_freeze"].items():
+        np.testing.assert_array_equal(seen["bits_at_export"][name], bits)  # the second phase keeps the bits
+    assert seen["size_at_export"] == seen["size_at_freeze"]
+    # ... and trains the weights: some kernel moved after the freeze.
+    assert any(not np.array_equal(a, b) for a, b in zip(seen["weights_at_freeze"], seen["weights_at_export"]))
+
+
 def test_custom_metric_and_loss(trained, digits):
     def top2(y_true, y_pred):
         return float(np.mean([t in np.argsort(p)[-2:] for t, p in zip(y_true, y_pred)]))

@@ -37,7 +37,8 @@ METHODS: Dict[str, str] = {
     "ptq_int8": "post-training full-int8 (calibrated on training images)",
     "qat_int8": "integer-only QAT (Jacob et al.), per-channel int8",
     "kq": "KQ: kernel codebooks on the convolutions (BatchNorm folded), per-tensor int8, compressed file",
-    "diffq": "DiffQ: learned bits per group of 8 weights at a size penalty, compressed file",
+    "diffq": "DiffQ: learned bits per group of 8 weights at a size penalty, then the weights trained on the frozen "
+             "grid; compressed file",
     "ipq": "Quant-Noise fine-tune + iPQ (K=256), per-tensor int8, compressed file",
     "kq+ipq": "KQ on the k x k convolutions + iPQ on the 1x1 convs and dense layers, compressed file",
     "tfmot_qat": "reference: tfmot QAT + TFLite converter int8 (not recommended, shown for comparison)",
@@ -329,13 +330,14 @@ class _Context:
         """Training steps of ``epochs`` epochs (default: the fine-tune's), at least 1."""
         return max(1, int(math.ceil((self.epochs if epochs is None else epochs) * len(self.x) / self.batch_size)))
 
-    def fit(self, model, optimizer=None, callbacks=()):
+    def fit(self, model, optimizer=None, callbacks=(), epochs: Optional[float] = None):
+        """Fits ``model`` for ``epochs`` epochs (default: the fine-tune's)."""
         from tfq_ext._training import fit_epochs
 
-        model.compile(optimizer or self.adam(), self.loss)
+        model.compile(optimizer or self.adam(epochs), self.loss)
         # x was shuffled once with the seed: a fractional epoch trains on its first rows.
-        fit_epochs(model, self.x, self.y, self.epochs, self.batch_size, verbose=self.fit_verbose,
-                   callbacks=callbacks)
+        fit_epochs(model, self.x, self.y, self.epochs if epochs is None else epochs, self.batch_size,
+                   verbose=self.fit_verbose, callbacks=callbacks)
         return model
 
 
@@ -383,6 +385,10 @@ def _kq(ctx: _Context, bits) -> bytes:
     return kq.export_tflite(_kq_model(ctx, bits), ctx.calibration, compressed=True)
 
 
+# Share of a DiffQ candidate's fine-tune that learns the bits; the rest trains the weights with the bits frozen.
+_DIFFQ_LEARN_SHARE = 0.75
+
+
 def _diffq(ctx: _Context, relative_penalty) -> bytes:
     from tfq_ext import diffq
 
@@ -391,10 +397,16 @@ def _diffq(ctx: _Context, relative_penalty) -> bytes:
     megabytes = sum(int(np.prod(w.shape)) for w in ctx.folded.trainable_weights) * 4 / 2 ** 20
     model = diffq.apply_diffq(ctx.folded, group_size=8, penalty=relative_penalty / max(megabytes, 1e-6),
                               min_size=0, max_bits=8, init_bits=6)
+    # Two phases in the fine-tune's budget: the noise learns the bits, then the bits are frozen and the weights
+    # train on the true grid the file holds (the noise is not the rounding met at inference).
+    learn = ctx.epochs * _DIFFQ_LEARN_SHARE
     # The bits start at 6 and move about one bits learning rate per step (Adam): a short fine-tune gets a larger
     # rate, so that the bits can reach 2 within the steps it has.
-    bits_lr = min(0.5, max(3e-2, 8.0 / ctx.steps()))
-    ctx.fit(model, diffq.DiffQOptimizer(ctx.adam(), bits_learning_rate=bits_lr))
+    bits_lr = min(0.5, max(3e-2, 8.0 / ctx.steps(learn)))
+    ctx.fit(model, diffq.DiffQOptimizer(ctx.adam(learn), bits_learning_rate=bits_lr), epochs=learn)
+    if learn < ctx.epochs:
+        diffq.freeze_bits(model)
+        ctx.fit(model, ctx.adam(ctx.epochs - learn, scale=0.5), epochs=ctx.epochs - learn)
     return diffq.export_tflite(model, ctx.calibration, compressed=True)
 
 
@@ -492,7 +504,7 @@ _SETTINGS = {
     "kq": [("kq_1.7b", 1.7, " at 1.7 bits per weight of the k x k convs it quantizes"),
            ("kq_1.0b", 1.0, " at 1.0 bit per weight of the k x k convs it quantizes"),
            ("kq_0.6b", 0.6, " at 0.6 bit per weight of the k x k convs it quantizes")],
-    "diffq": [("diffq_p0.3", 0.3, " (relative penalty 0.3)"), ("diffq_p3", 3.0, " (relative penalty 3)")],
+    "diffq": [(f"diffq_p{p:g}", p, f" (relative penalty {p:g})") for p in (0.3, 3.0, 30.0, 100.0)],
     "ipq": [("ipq_b4", 4, " (blocks of 4; k x k convs: one kernel)"),
             ("ipq_b8", 8, " (blocks of 8; k x k convs: one kernel)"),
             ("ipq_b16", 16, " (blocks of 16; k x k convs: one kernel)")],
