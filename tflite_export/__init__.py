@@ -9,8 +9,9 @@ Modules:
         ``load_interpreter``) with the ``TfqCodebookDecode`` custom op; its C kernel is in ``kernels``.
     edgetpu: static Edge TPU compatibility check (``tflite_export.edgetpu.check``).
     flatbuffer: editing finished flatbuffers with TensorFlow's generated object API.
+    strip: the same file without inner tensor names and converter metadata (``strip``).
 
-The package attributes ``convert`` and ``inspect`` are the functions, which hide the modules of the same name;
+The package attributes ``convert``, ``inspect`` and ``strip`` are the functions, which hide the modules of the same name;
 reach module-level helpers with ``from tflite_export.convert import is_qat_model``.
 """
 
@@ -22,6 +23,7 @@ from tflite_export.inspect import inspect
 from tflite_export.report import ConversionReport, verify
 from tflite_export.runtime import (compare_latency, delegation_report, make_interpreter, measure_latency, run,
                                    run_raw)
+from tflite_export.strip import strip
 
 __all__ = [
     "convert",
@@ -43,4 +45,5 @@ __all__ = [
     "CompressionReport",
     "TensorCompression",
     "EdgeTpuReport",
+    "strip",
 ]

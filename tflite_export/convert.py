@@ -364,7 +364,8 @@ def _run_converter(model: keras.Model, samples: list | None, float_io: bool, per
 
 
 def convert(model: Any, representative_data: Any = None, *, float_io: bool = False, per_channel: bool = True,
-            verify: bool = True, input_shape: Any = None, xnnpack_rewrites: bool = True) -> bytes:
+            verify: bool = True, input_shape: Any = None, xnnpack_rewrites: bool = True,
+            strip: bool = False) -> bytes:
     """Converts a tf_keras model to a full-integer (int8) TFLite flatbuffer.
 
     A QAT model (see :func:`is_qat_model`) converts from its fake-quant ranges; ``representative_data`` is
@@ -387,6 +388,8 @@ def convert(model: Any, representative_data: Any = None, *, float_io: bool = Fal
         xnnpack_rewrites: For a float model, first apply the exact rewrites that keep the int8 file in one
             XNNPACK partition (``tfq_ext.qat.float_lowering.lower_for_xnnpack``: hard-swish without HARD_SWISH,
             ``same`` average pools, ReLUs after shared Adds, ...). A QAT model already has them.
+        strip: Drop the names of the inner tensors and the converter's metadata (:func:`tflite_export.strip`):
+            the same model in fewer bytes, its inputs and outputs still named.
 
     Returns:
         The flatbuffer bytes.
@@ -407,6 +410,7 @@ def convert(model: Any, representative_data: Any = None, *, float_io: bool = Fal
     per_channel = _check_bool(per_channel, "per_channel")
     do_verify = _check_bool(verify, "verify")
     rewrites = _check_bool(xnnpack_rewrites, "xnnpack_rewrites")
+    do_strip = _check_bool(strip, "strip")
     model = ensure_tf_keras_model(model, "model")
     qat = is_qat_model(model)
     if representative_data is None and not qat:
@@ -437,6 +441,10 @@ def convert(model: Any, representative_data: Any = None, *, float_io: bool = Fal
                 f"the rule: {listed}. Less common ops in the file: {suspects}. Usually an op without int8 "
                 f"kernel was left in float between DEQUANTIZE/QUANTIZE; replace it, or pass verify=False to "
                 f"keep the file anyway.", report)
+    if do_strip:
+        from tflite_export.strip import strip as strip_file
+
+        flatbuffer = strip_file(flatbuffer)
     return flatbuffer
 
 

@@ -344,7 +344,7 @@ class _Context:
 def _ptq(ctx: _Context, _setting) -> bytes:
     import tflite_export
 
-    return tflite_export.convert(ctx.model, representative_data=ctx.calibration)
+    return tflite_export.convert(ctx.model, representative_data=ctx.calibration, strip=True)
 
 
 def _qat(ctx: _Context, _setting) -> bytes:
@@ -352,7 +352,7 @@ def _qat(ctx: _Context, _setting) -> bytes:
     from tfq_ext.qat import quantize_model
 
     qat = ctx.fit(quantize_model(ctx.model))
-    return tflite_export.convert(qat)
+    return tflite_export.convert(qat, strip=True)
 
 
 def _kq_budget(model, bits: float) -> float:
@@ -382,7 +382,7 @@ def _kq_model(ctx: _Context, bits: float):
 def _kq(ctx: _Context, bits) -> bytes:
     from tfq_ext import kq
 
-    return kq.export_tflite(_kq_model(ctx, bits), ctx.calibration, compressed=True)
+    return kq.export_tflite(_kq_model(ctx, bits), ctx.calibration, compressed=True, strip=True)
 
 
 # Share of a DiffQ candidate's fine-tune that learns the bits; the rest trains the weights with the bits frozen.
@@ -407,7 +407,7 @@ def _diffq(ctx: _Context, relative_penalty) -> bytes:
     if learn < ctx.epochs:
         diffq.freeze_bits(model)
         ctx.fit(model, ctx.adam(ctx.epochs - learn, scale=0.5), epochs=ctx.epochs - learn)
-    return diffq.export_tflite(model, ctx.calibration, compressed=True)
+    return diffq.export_tflite(model, ctx.calibration, compressed=True, strip=True)
 
 
 # Layers with fewer blocks than this stay int8 (KQ's ``min_kernels`` default): K would be clamped to a quarter
@@ -472,7 +472,8 @@ def _ipq(ctx: _Context, block) -> bytes:
     from tfq_ext.quant_noise import to_dense_model
 
     pq = _ipq_model(ctx, ctx.folded, block)
-    dense = tflite_export.convert(to_dense_model(pq), representative_data=ctx.calibration, per_channel=False)
+    dense = tflite_export.convert(to_dense_model(pq), representative_data=ctx.calibration, per_channel=False,
+                                  strip=True)
     return tflite_export.compress(dense)
 
 
@@ -483,7 +484,7 @@ def _kq_ipq(ctx: _Context, setting) -> bytes:
     bits, block = setting
     # iPQ on what KQ left: 1x1 convs and dense layers (k x k convs too small for KQ stay int8).
     pq = _ipq_model(ctx, _kq_model(ctx, bits), block)
-    return kq.export_tflite(to_dense_model(pq), ctx.calibration, compressed=True)
+    return kq.export_tflite(to_dense_model(pq), ctx.calibration, compressed=True, strip=True)
 
 
 def _tfmot_qat(ctx: _Context, _setting) -> bytes:

@@ -67,6 +67,7 @@ def run_case(content: bytes) -> dict:
     _call(results, "describe", lambda c: len(codebook.describe(c)), content)
     _call(results, "verify", lambda c: tflite_export.verify(c).delegate_partitions, content)
     _call(results, "edgetpu", lambda c: edgetpu.check(c).compatible, content)
+    _call(results, "strip", lambda c: tflite_export.strip(c), content)
     with contextlib.redirect_stdout(io.StringIO()):
         _call(results, "inspect", lambda c: tflite_export.inspect(c, file=io.StringIO()).integer_only, content)
     # what the loaded model computes: through Python decompress, and through the C kernel for kernel layout
@@ -74,6 +75,9 @@ def run_case(content: bytes) -> dict:
         _call(results, "run_decompressed", lambda c: _invoke(codebook.decompress(c)), content, runtime=True)
     if results["native"].startswith("ok:"):
         _call(results, "run_native", lambda c: _invoke(kernels.decompress_native(c)), content, runtime=True)
+    if results["strip"].startswith("ok:") and results["layout"] == "dense":
+        _call(results, "run_original", _invoke, content, runtime=True)
+        _call(results, "run_stripped", lambda c: _invoke(tflite_export.strip(c)), content, runtime=True)
     if results["layout"] == "kernel":
         _call(results, "run_kernel", lambda c: _invoke(c, [kernels.registerer()]), content, runtime=True)
     return results

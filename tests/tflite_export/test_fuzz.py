@@ -1,11 +1,12 @@
-"""Fuzzing every reader of compressed files (Python decompress / describe / inspect / verify / Edge TPU check,
-the C loader, the C kernel) with seeded mutations of loader-layout, kernel-layout and dense files.
+"""Fuzzing every reader of compressed files (Python decompress / describe / inspect / verify / Edge TPU check /
+strip, the C loader, the C kernel) with seeded mutations of loader-layout, kernel-layout and dense files.
 
 The readers run in a worker process (``fuzz_worker.py``); a case that kills it with a signal or runs past its
 time is recorded against that case and the worker restarts after it. The test asserts: no crash, no hang, no
 exception other than ValueError from a reader, no reader modifies its input, the C loader and Python
 ``decompress`` agree (same bytes, or both refuse; a file only Python refuses must then be refused by the
-interpreter too), and the C kernel computes what the decompressed model computes whenever both run.
+interpreter too), the C kernel computes what the decompressed model computes whenever both run, and a
+stripped dense file computes what the file does whenever that runs.
 """
 
 import json
@@ -28,7 +29,7 @@ from tflite_export.codebook import CUSTOM_OP_NAME, compress
 codebook_int8 = test_codebook.codebook_int8
 ROOT = Path(__file__).resolve().parents[2]
 CASE_SECONDS = 30
-READERS = ("decompress", "native", "describe", "verify", "edgetpu", "inspect")
+READERS = ("decompress", "native", "describe", "verify", "edgetpu", "inspect", "strip")
 
 
 def _varwidth_file(dense: bytes) -> bytes:
@@ -223,6 +224,9 @@ def test_fuzz_every_reader(codebook_int8, ptq_int8, tmp_path):
                     refused = "decompress" if native.startswith("ok:") else "native"
                     problems.append(f"{i} {name}: only {refused} refused a file that runs: "
                                     f"{r.get(refused + '_message')}")
+        original, stripped = str(r.get("run_original", "")), str(r.get("run_stripped", ""))
+        if original.startswith("ok:") and stripped != original:
+            problems.append(f"{i} {name}: the stripped file computes something else ({stripped[:80]})")
         if r["layout"] == "kernel":
             kernel, decoded = str(r.get("run_kernel", "")), str(r.get("run_decompressed", ""))
             if kernel.startswith("ok:") and decoded.startswith("ok:") and kernel != decoded:
