@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 
 import tflite_export
-from tests.tflite_export.test_codebook import codebook_int8  # noqa: F401 - the session fixture
+from tests.tflite_export import test_codebook
 from tflite_export import flatbuffer as fb
 from tflite_export.strip import REMOVED_METADATA, strip
+
+codebook_int8 = test_codebook.codebook_int8  # the session fixture
 
 
 def _metadata_names(content):
@@ -50,7 +52,7 @@ def test_convert_strip_option_is_strip_of_the_converted_file(float_model, digits
     assert tflite_export.convert(float_model, digits.x_train, strip=True) == strip(ptq_int8)
 
 
-def test_stripped_file_compresses_and_decompresses_to_the_same_outputs(codebook_int8, digits):  # noqa: F811
+def test_stripped_file_compresses_and_decompresses_to_the_same_outputs(codebook_int8, digits):
     stripped = strip(codebook_int8)
     small = tflite_export.compress(stripped)
     assert len(small) < len(tflite_export.compress(codebook_int8))
@@ -72,7 +74,7 @@ def test_bad_arguments(ptq_int8, kwargs, error, match):
         strip(content, **args)
 
 
-def test_compressed_and_loaded_files_are_refused(codebook_int8):  # noqa: F811
+def test_compressed_and_loaded_files_are_refused(codebook_int8):
     small = tflite_export.compress(codebook_int8)
     with pytest.raises(ValueError, match="compressed file"):
         strip(small)
