@@ -28,7 +28,8 @@ def test_strip_keeps_the_model_and_drops_names_and_converter_metadata(ptq_int8, 
     assert _metadata_names(stripped) == [n for n in _metadata_names(ptq_int8) if n not in REMOVED_METADATA]
     names = sum(len(n) for n in _inner_names(ptq_int8))
     assert len(stripped) <= len(ptq_int8) - names  # at least the names' bytes go
-    np.testing.assert_array_equal(tflite_export.run(stripped, digits.x_test), tflite_export.run(ptq_int8, digits.x_test))
+    x = digits.x_test
+    np.testing.assert_array_equal(tflite_export.run(stripped, x), tflite_export.run(ptq_int8, x))
     before, after = tflite_export.delegation_report(ptq_int8), tflite_export.delegation_report(stripped)
     assert after == before and after["delegate_partitions"] == 1
     original, result = fb.read_model(ptq_int8), fb.read_model(stripped)
