@@ -2,7 +2,8 @@
 
 Each candidate (post-training int8, int8 QAT, DiffQ at a few size penalties, Quant-Noise + iPQ at a few block
 sizes, KQ on the convolutions, KQ on the convolutions with iPQ on the dense layers) is trained from the user's
-model on the user's data and ends as a real full-int8 ``.tflite`` file, compressed where that is smaller. Its
+model on the user's data and ends as a real full-int8 ``.tflite`` file, stripped of the names and metadata no
+runtime reads (``tflite_export.strip``) and compressed where that is smaller. Its
 accuracy (or the user's metric) is measured by running that file in ai-edge-litert on the validation data
 (a compressed file after ``tflite_export.decompress``, which is what ``tfq_decompress`` gives on a phone), its
 size is the file's size and its latency is measured on XNNPACK, interleaved with the float32 file's.
