@@ -276,8 +276,8 @@ def run_model(name: str, quick: bool, out_dir: Path) -> dict:
     loaded = {k: tflite_export.decompress(v) if tflite_export.is_compressed(v) else v for k, v in ours.items()}
     timed = {"float32": float_file, **loaded, **peer_files}
     timed.update({f"copy:{k}": timed[k] for k in NOISE_COPIES if k in timed})
-    # A round costs a few milliseconds per file at these sizes: 200 rounds keep the medians of files that run the
-    # same kernels within about a percent of each other, which 15 rounds did not (measured spread 3.6%).
+    # A round costs a few milliseconds per file at these sizes, so 200 rounds are cheap (15 left a 3.6% spread
+    # between files that run the same int8 kernels); the copies record how far one file's medians still move.
     timing = tflite_export.compare_latency(timed, rounds=5 if quick else 200, runs_per_round=10, num_threads=1)
     noise = _latency_noise(timing)
     report["float"]["latency_ms"] = timing["models"]["float32"]["median_ms"]
