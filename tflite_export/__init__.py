@@ -11,8 +11,8 @@ Modules:
     flatbuffer: editing finished flatbuffers with TensorFlow's generated object API.
     strip: the same file without inner tensor names and converter metadata (``strip``).
 
-The package attributes ``convert``, ``inspect`` and ``strip`` are the functions, which hide the modules of the same name;
-reach module-level helpers with ``from tflite_export.convert import is_qat_model``.
+The package attributes ``convert``, ``inspect`` and ``strip`` are the functions, which hide the modules of the
+same name; reach module-level helpers with ``from tflite_export.convert import is_qat_model``.
 """
 
 from tflite_export.codebook import (CompressionReport, TensorCompression, compress, decompress, describe,

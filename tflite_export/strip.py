@@ -2,9 +2,9 @@
 
 The converter names every tensor after the TensorFlow ops it came from (``model/conv2d_1/Relu;model/conv2d_1/
 Conv2D``: tens of bytes each, hundreds of tensors in a MobileNet) and adds a ``CONVERSION_METADATA`` entry (the
-converter's options and environment). Neither is read when the interpreter loads or runs the file; on a small
-compressed file they are several percent of its bytes. The model's input and output tensors keep their names
-(apps find them by name), and so do the signatures.
+converter's options and environment). Neither is read when the interpreter loads or runs the file, and neither
+shrinks when the weights are compressed. The model's input and output tensors keep their names (apps find them
+by name), and so do the signatures.
 """
 
 from __future__ import annotations
