@@ -193,6 +193,38 @@ def test_diffq_candidate_learns_bits_then_trains_on_the_frozen_grid(trained, dig
     assert any(not np.array_equal(a, b) for a, b in zip(seen["weights_at_freeze"], seen["weights_at_export"]))
 
 
+def test_candidates_distill_from_the_float_model_and_the_reference_does_not(trained, digits, monkeypatch):
+    import tfq_ext._training as training
+    from tfq_ext._training import DistillationLoss
+
+    seen = []
+    real = training.fit_epochs
+
+    def record(model, x, y, *args, **kwargs):
+        seen.append((model.loss, np.asarray(y).copy()))
+        return real(model, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(training, "fit_epochs", record)
+    x, y = digits.x_train[:200], digits.y_train[:200]
+    res = compress_model(trained, (x, y), (digits.x_test, digits.y_test), methods=["qat_int8", "tfmot_qat"],
+                         epochs=1.0, latency_rounds=0, distill=True, verbose=0)
+    assert res.candidate("qat_int8").ok and res.candidate("tfmot_qat").ok
+    assert res.settings["distill"] and res.settings["distill"]["temperature"] > 0
+    (qat_loss, qat_y), (ref_loss, ref_y) = seen
+    assert isinstance(qat_loss, DistillationLoss) and qat_y.shape == (200, 11)
+    # column 0: the labels (shuffled with the seed); the rest: the float model's log-probabilities
+    assert sorted(qat_y[:, 0].astype(int)) == sorted(y)
+    np.testing.assert_allclose(np.exp(qat_y[:, 1:]).sum(axis=1), 1.0, rtol=1e-5)
+    assert not isinstance(ref_loss, DistillationLoss) and ref_y.shape == (200,)
+    np.testing.assert_array_equal(ref_y, qat_y[:, 0])
+
+    seen.clear()
+    res = compress_model(trained, (x, y), (digits.x_test, digits.y_test), methods=["qat_int8"], epochs=1.0,
+                         latency_rounds=0, verbose=0)
+    assert res.settings["distill"] is False  # off by default
+    assert not isinstance(seen[0][0], DistillationLoss) and seen[0][1].shape == (200,)
+
+
 def test_custom_metric_and_loss(trained, digits):
     def top2(y_true, y_pred):
         return float(np.mean([t in np.argsort(p)[-2:] for t, p in zip(y_true, y_pred)]))
@@ -229,8 +261,10 @@ def test_keras3_model(digits):
     (dict(validation=(np.zeros((4, 8, 8, 1)), np.full(4, 0.5))), "integer class labels"),
     (dict(validation=(np.zeros((4, 8, 8, 1)), np.zeros(3, int))), "same number of examples"),
     (dict(validation=np.zeros((4, 8, 8, 1))), "tuple"),
+    (dict(distill="yes"), "distill"),
+    (dict(distill=True, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)), "distill=True"),
 ], ids=["methods", "drop", "target", "budget", "epochs", "metric", "xy-lengths", "shape", "labels",
-        "float-labels", "lengths", "not-a-tuple"])
+        "float-labels", "lengths", "not-a-tuple", "distill-type", "distill-custom-loss"])
 def test_bad_input_is_refused_before_training(trained, digits, kwargs, match):
     args = {"train": (digits.x_train[:64], digits.y_train[:64]), "validation": (digits.x_test, digits.y_test)}
     args.update(kwargs)
@@ -262,9 +296,10 @@ def test_cli_end_to_end(trained, digits, tmp_path, capsys):
     data = _npz(tmp_path / "data.npz", digits)
     out = tmp_path / "out"
     assert main(["compress", str(tmp_path / "model.keras"), "--data", data, "--out", str(out), "--methods",
-                 "ptq_int8", "kq", "--epochs", "0.25", "--max-drop", "50"]) == 0
+                 "ptq_int8", "kq", "--epochs", "0.25", "--max-drop", "50", "--distill"]) == 0
     printed = capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["distill"]["alpha"] == 0.5
     assert report["recommended"] in [c["name"] for c in report["candidates"]]
     for row in report["candidates"]:
         assert (out / row["file"]).stat().st_size == row["bytes"]

@@ -99,7 +99,7 @@ def _compress(args) -> int:
                                 target_bytes=args.target_bytes,
                                 time_budget=None if args.budget_minutes is None else 60.0 * args.budget_minutes,
                                 out_dir=args.out, epochs=args.epochs, batch_size=args.batch_size,
-                                verbose=2 if args.verbose else 1)
+                                distill=args.distill, verbose=2 if args.verbose else 1)
     except (TypeError, ValueError) as exc:
         raise SystemExit(f"tfq-ext compress: {exc}") from None
     print(result.to_markdown(), flush=True)
@@ -131,6 +131,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                           help="start no new candidate after M minutes")
     compress.add_argument("--epochs", type=float, default=2.0, help="fine-tuning epochs per candidate (default 2)")
     compress.add_argument("--batch-size", type=int, default=64)
+    compress.add_argument("--distill", action="store_true",
+                          help="fine-tune the candidates with knowledge distillation from the float model")
     compress.add_argument("--verbose", action="store_true", help="Keras progress bars and k-means logs")
     export = sub.add_parser("export", help="convert a saved Keras model (QAT or float) to a full-int8 .tflite")
     export.add_argument("model", help="a .keras/.h5 file or SavedModel folder")
