@@ -11,7 +11,7 @@ from pathlib import Path
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-BENCHMARKS = ["qat_vs_tfmot", "qat_cost", "applications", "keras3_coverage", "quant_noise_pq", "quant_noise_lm", "compressed_tflite", "strip", "frontier", "kq", "diffq", "adacomp", "adacomp_lm",
+BENCHMARKS = ["qat_vs_tfmot", "qat_cost", "applications", "keras3_coverage", "quant_noise_pq", "quant_noise_lm", "compressed_tflite", "strip", "frontier", "distill", "kq", "diffq", "adacomp", "adacomp_lm",
               "degree_quant", "degree_quant_speed"]
 
 
